@@ -1,0 +1,1 @@
+"""Atelier: a Discord image-generation bot that a community runs on its own hardware."""

@@ -1,0 +1,247 @@
+"""The schema. Every table here is created by an Alembic migration; a test keeps the two in step."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Date,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from bot.db.base import Base, utcnow
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+class JobKind(StrEnum):
+    TEXT_TO_IMAGE = "txt2img"
+    IMAGE_TO_IMAGE = "img2img"
+    UPSCALE = "upscale"
+
+
+class Guild(Base):
+    """A Discord server and its policy. Columns rather than a blob so admins' changes are queryable."""
+
+    __tablename__ = "guilds"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    name: Mapped[str] = mapped_column(String(100), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+    images_per_day: Mapped[int | None] = mapped_column(Integer)
+    compute_per_day: Mapped[float | None] = mapped_column(Float)
+    max_concurrent: Mapped[int | None] = mapped_column(Integer)
+    cooldown_seconds: Mapped[float | None] = mapped_column(Float)
+    max_side: Mapped[int | None] = mapped_column(Integer)
+    max_steps: Mapped[int | None] = mapped_column(Integer)
+    grid_size: Mapped[int | None] = mapped_column(Integer)
+    default_style: Mapped[str | None] = mapped_column(String(40))
+    expansion_mode: Mapped[str | None] = mapped_column(String(20))
+    nsfw_policy: Mapped[str] = mapped_column(String(20), default="block")
+    allowed_channels: Mapped[list[int]] = mapped_column(JSON, default=list)
+    allowed_models: Mapped[list[str]] = mapped_column(JSON, default=list)
+    banned_words: Mapped[list[str]] = mapped_column(JSON, default=list)
+    rating_emojis: Mapped[dict[str, int]] = mapped_column(JSON, default=dict)
+
+
+class Member(Base):
+    __tablename__ = "members"
+
+    guild_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    user_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    display_name: Mapped[str] = mapped_column(String(100), default="")
+    banned: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Per-member defaults (style, aspect ratio, raw, count) set through /settings.
+    preferences: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Job(Base):
+    """One request. Also the queue entry of the SQLite backend: the lease columns live here."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        Index("ix_jobs_status_available", "status", "available_at"),
+        Index("ix_jobs_user_status", "user_id", "status"),
+        Index("ix_jobs_guild_created", "guild_id", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    guild_id: Mapped[int] = mapped_column(BigInteger, default=0)
+    user_id: Mapped[int] = mapped_column(BigInteger, default=0)
+    channel_id: Mapped[int | None] = mapped_column(BigInteger)
+    parent_job_id: Mapped[str | None] = mapped_column(String(32))
+
+    kind: Mapped[str] = mapped_column(String(16), default=JobKind.TEXT_TO_IMAGE)
+    prompt: Mapped[str] = mapped_column(Text)
+    expanded_prompt: Mapped[str] = mapped_column(Text)
+    negative_prompt: Mapped[str] = mapped_column(Text, default="")
+    expansion_source: Mapped[str] = mapped_column(String(16), default="raw")
+    style: Mapped[str | None] = mapped_column(String(40))
+    model: Mapped[str] = mapped_column(String(200))
+    scheduler: Mapped[str | None] = mapped_column(String(60))
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    steps: Mapped[int] = mapped_column(Integer)
+    guidance: Mapped[float] = mapped_column(Float, default=0.0)
+    seed: Mapped[int] = mapped_column(BigInteger)
+    count: Mapped[int] = mapped_column(Integer, default=1)
+    strength: Mapped[float | None] = mapped_column(Float)
+    init_image: Mapped[str | None] = mapped_column(Text)
+
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=3)
+    available_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    lease_owner: Mapped[str | None] = mapped_column(String(80))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    error: Mapped[str | None] = mapped_column(Text)
+
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+    gpu_seconds: Mapped[float | None] = mapped_column(Float)
+    compute_units: Mapped[float] = mapped_column(Float, default=0.0)
+
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime)
+    message_id: Mapped[int | None] = mapped_column(BigInteger)
+
+    images: Mapped[list[Image]] = relationship(
+        back_populates="job", order_by="Image.index", lazy="selectin", cascade="all, delete-orphan"
+    )
+
+
+class Image(Base):
+    __tablename__ = "images"
+    __table_args__ = (UniqueConstraint("job_id", "index"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    index: Mapped[int] = mapped_column(Integer, default=0)
+    path: Mapped[str] = mapped_column(Text)
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    message_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+    job: Mapped[Job] = relationship(back_populates="images")
+
+
+class Usage(Base):
+    """One row per job: what was reserved against the member's budget and what it really cost."""
+
+    __tablename__ = "usage"
+    __table_args__ = (Index("ix_usage_member_day", "guild_id", "user_id", "day"),)
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    guild_id: Mapped[int] = mapped_column(BigInteger)
+    user_id: Mapped[int] = mapped_column(BigInteger)
+    day: Mapped[date] = mapped_column(Date)
+    images: Mapped[int] = mapped_column(Integer)
+    compute_units: Mapped[float] = mapped_column(Float)
+    gpu_seconds: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    refunded_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class Rating(Base):
+    __tablename__ = "ratings"
+    __table_args__ = (UniqueConstraint("image_id", "user_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    guild_id: Mapped[int] = mapped_column(BigInteger)
+    user_id: Mapped[int] = mapped_column(BigInteger)
+    emoji: Mapped[str] = mapped_column(String(64))
+    score: Mapped[int] = mapped_column(Integer)
+    by_requester: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+
+
+class QuotaScope(StrEnum):
+    ROLE = "role"
+    USER = "user"
+
+
+class Quota(Base):
+    """Overrides of the guild's default budget for a role or a member."""
+
+    __tablename__ = "quotas"
+    __table_args__ = (UniqueConstraint("guild_id", "scope", "target_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    guild_id: Mapped[int] = mapped_column(BigInteger)
+    scope: Mapped[str] = mapped_column(String(8))
+    target_id: Mapped[int] = mapped_column(BigInteger)
+    images_per_day: Mapped[int | None] = mapped_column(Integer)
+    compute_per_day: Mapped[float | None] = mapped_column(Float)
+    max_concurrent: Mapped[int | None] = mapped_column(Integer)
+    cooldown_seconds: Mapped[float | None] = mapped_column(Float)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+
+
+class Worker(Base):
+    """Engine processes announce themselves here so operators see who is alive."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(80), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    model: Mapped[str] = mapped_column(String(200))
+    started_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    stopped_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class AuditEntry(Base):
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    guild_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    actor_id: Mapped[int] = mapped_column(BigInteger)
+    action: Mapped[str] = mapped_column(String(60))
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class ModerationEvent(Base):
+    """A refused prompt: kept with the member's id so admins can review it; it never reaches the queue."""
+
+    __tablename__ = "moderation_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    guild_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    user_id: Mapped[int] = mapped_column(BigInteger)
+    prompt: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

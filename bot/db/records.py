@@ -1,0 +1,130 @@
+"""Terminal transitions of a job record, shared by every queue backend.
+
+The SQLite backend applies them in the engine process; the Redis backend applies them in the bot when
+a result arrives. Either way a failed or cancelled job gives its reserved quota back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+from datetime import timedelta
+from pathlib import Path
+
+from PIL import Image as PILImage
+from sqlalchemy import delete, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bot.db.base import utcnow
+from bot.db.models import Image, Job, JobStatus, Usage
+from engine.queue.protocol import GeneratedImage, JobResult
+
+log = logging.getLogger(__name__)
+
+
+def image_path(images_dir: Path, job_id: str, index: int) -> Path:
+    # Deterministic, so a job executed twice overwrites rather than duplicates its files.
+    return images_dir / job_id[:2] / f"{job_id}-{index}.png"
+
+
+def write_images(images_dir: Path, job_id: str, images: list[GeneratedImage]) -> list[Path]:
+    paths = []
+    for image in images:
+        path = image_path(images_dir, job_id, image.index)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(image.png)
+        tmp.replace(path)  # atomic: a reader never sees half a PNG
+        paths.append(path)
+    return paths
+
+
+async def record_success(
+    session: AsyncSession, job_id: str, result: JobResult, paths: list[Path], *, lease_owner: str | None
+) -> bool:
+    """Mark the job succeeded; False when the lease was lost and someone else owns the job now."""
+    conditions = [Job.id == job_id, Job.status == JobStatus.RUNNING]
+    if lease_owner is not None:
+        conditions.append(Job.lease_owner == lease_owner)
+    now = utcnow()
+    row = await session.execute(
+        update(Job)
+        .where(*conditions)
+        .values(
+            status=JobStatus.SUCCEEDED,
+            finished_at=now,
+            lease_owner=None,
+            lease_expires_at=None,
+            gpu_seconds=result.gpu_seconds,
+            compute_units=result.compute_units,
+            error=None,
+        )
+        .returning(Job.id)
+    )
+    if row.scalar_one_or_none() is None:
+        return False
+    await session.execute(delete(Image).where(Image.job_id == job_id))
+    for image, path in zip(result.images, paths, strict=True):
+        session.add(
+            Image(
+                job_id=job_id,
+                index=image.index,
+                path=str(path),
+                width=image.width,
+                height=image.height,
+                size_bytes=len(image.png),
+                sha256=hashlib.sha256(image.png).hexdigest(),
+            )
+        )
+    await session.execute(
+        update(Usage)
+        .where(Usage.job_id == job_id)
+        .values(gpu_seconds=result.gpu_seconds, compute_units=result.compute_units)
+    )
+    return True
+
+
+async def refund(session: AsyncSession, job_ids: list[str]) -> None:
+    if job_ids:
+        await session.execute(
+            update(Usage).where(Usage.job_id.in_(job_ids), Usage.refunded_at.is_(None)).values(refunded_at=utcnow())
+        )
+
+
+async def record_failure(
+    session: AsyncSession,
+    job_id: str,
+    error: str,
+    *,
+    lease_owner: str | None,
+    retryable: bool,
+    backoff_seconds: float = 2.0,
+) -> str | None:
+    """Put the job back for another attempt or end it; returns the new status, None if not ours."""
+    conditions = [Job.id == job_id, Job.status == JobStatus.RUNNING]
+    if lease_owner is not None:
+        conditions.append(Job.lease_owner == lease_owner)
+    job = (await session.execute(select(Job).where(*conditions))).scalar_one_or_none()
+    if job is None:
+        return None
+    now = utcnow()
+    job.error = error[:4000]
+    job.lease_owner = None
+    job.lease_expires_at = None
+    if job.cancel_requested:
+        job.status = JobStatus.CANCELLED
+    elif retryable and job.attempts < job.max_attempts:
+        job.status = JobStatus.QUEUED
+        job.available_at = now + timedelta(seconds=backoff_seconds * 2 ** (job.attempts - 1))
+        return job.status
+    else:
+        job.status = JobStatus.FAILED
+    job.finished_at = now
+    await refund(session, [job_id])
+    return job.status
+
+
+def png_size(png: bytes) -> tuple[int, int]:
+    with PILImage.open(io.BytesIO(png)) as image:
+        return image.size

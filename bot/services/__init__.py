@@ -1,0 +1,1 @@
+"""Atelier's logic, free of discord.py so that tests and the CLI can call it directly."""

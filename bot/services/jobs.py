@@ -1,0 +1,279 @@
+"""Submitting, following and cancelling jobs: the one path used by the bot's commands and the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import uuid
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from sqlalchemy import select
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from bot.config import Settings
+from bot.db.base import utcnow
+from bot.db.models import Guild, Job, JobKind, JobStatus, Member, ModerationEvent, Usage
+from bot.db.session import Database
+from bot.errors import InvalidRequest, NotFound, PolicyRefused
+from bot.services.models import profile_for
+from bot.services.moderation import check_prompt
+from bot.services.quota import QuotaService
+from engine.pipelines.costs import compute_units
+from engine.queue.protocol import JobParams, JobQueue
+
+log = logging.getLogger(__name__)
+
+MAX_PROMPT_CHARS = 1000
+MAX_COUNT = 4
+MIN_SIDE = 64
+SEED_LIMIT = 2**32
+
+
+class Expander(Protocol):
+    async def expand(
+        self, prompt: str, *, style: str | None = None, seed: int = 0, raw: bool = False, negative: str | None = None
+    ): ...  # returns bot.services.expansion.Expansion
+
+
+@dataclass
+class ImagineRequest:
+    prompt: str
+    guild_id: int = 0
+    user_id: int = 0
+    channel_id: int | None = None
+    channel_nsfw: bool = False
+    role_ids: tuple[int, ...] = ()
+    display_name: str = ""
+    negative: str | None = None
+    seed: int | None = None
+    width: int | None = None
+    height: int | None = None
+    steps: int | None = None
+    style: str | None = None
+    raw: bool = False
+    count: int = 1
+    model: str | None = None
+    kind: str = JobKind.TEXT_TO_IMAGE
+    parent_job_id: str | None = None
+    init_image: str | None = None
+    strength: float | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``512``, ``512x768`` or ``768×512`` → (width, height)."""
+    cleaned = text.lower().replace("×", "x").replace(" ", "")
+    parts = cleaned.split("x")
+    try:
+        if len(parts) == 1:
+            side = int(parts[0])
+            return side, side
+        if len(parts) == 2:
+            return int(parts[0]), int(parts[1])
+    except ValueError:
+        pass
+    raise InvalidRequest(f"Size “{text}” is not WIDTHxHEIGHT, for example 512x768.")
+
+
+class JobService:
+    def __init__(
+        self, settings: Settings, database: Database, queue: JobQueue, expander: Expander, quota: QuotaService
+    ) -> None:
+        self.settings = settings
+        self.db = database
+        self.queue = queue
+        self.expander = expander
+        self.quota = quota
+
+    async def guild(self, guild_id: int) -> Guild | None:
+        async with self.db.sessions() as session:
+            return await session.get(Guild, guild_id)
+
+    def validate(self, request: ImagineRequest, guild: Guild | None) -> JobParams:
+        """Every option checked before anything is written; raises InvalidRequest with a short reason."""
+        prompt = request.prompt.strip()
+        if not prompt:
+            raise InvalidRequest("The prompt is empty: describe the image you want.")
+        if len(prompt) > MAX_PROMPT_CHARS:
+            raise InvalidRequest(f"The prompt is {len(prompt)} characters; the limit is {MAX_PROMPT_CHARS}.")
+        model = request.model or self.settings.image_model
+        if request.model and guild is not None and guild.allowed_models and model not in guild.allowed_models:
+            raise PolicyRefused(f"Model {model} is not allowed on this server.")
+        profile = profile_for(model)
+        max_side = min(self.settings.max_side, (guild.max_side if guild and guild.max_side else self.settings.max_side))
+        width = request.width or profile.side
+        height = request.height or profile.side
+        for name, value in (("width", width), ("height", height)):
+            if not MIN_SIDE <= value <= max_side:
+                raise InvalidRequest(f"The {name} must be between {MIN_SIDE} and {max_side} pixels (got {value}).")
+            if value % profile.multiple:
+                raise InvalidRequest(f"The {name} must be a multiple of {profile.multiple} (got {value}).")
+        max_steps = min(
+            profile.max_steps, self.settings.max_steps, (guild.max_steps if guild and guild.max_steps else 10**6)
+        )
+        steps = request.steps if request.steps is not None else min(profile.steps, max_steps)
+        if not 1 <= steps <= max_steps:
+            raise InvalidRequest(f"Steps must be between 1 and {max_steps} (got {steps}).")
+        if request.seed is not None and not 0 <= request.seed < SEED_LIMIT:
+            raise InvalidRequest(f"The seed must be between 0 and {SEED_LIMIT - 1}.")
+        if not 1 <= request.count <= MAX_COUNT:
+            raise InvalidRequest(f"You can ask for 1 to {MAX_COUNT} images at once.")
+        if request.strength is not None and not 0.0 < request.strength <= 1.0:
+            raise InvalidRequest("Strength must be greater than 0 and at most 1.")
+        return JobParams(
+            kind=request.kind,
+            prompt=prompt,
+            negative_prompt=(request.negative or "").strip(),
+            model=model,
+            width=width,
+            height=height,
+            steps=steps,
+            guidance=profile.guidance,
+            seed=request.seed if request.seed is not None else secrets.randbelow(SEED_LIMIT),
+            count=request.count,
+            strength=request.strength,
+            init_image=request.init_image,
+            member_prompt=prompt,
+        )
+
+    async def _check_policy(self, request: ImagineRequest, guild: Guild | None, text: str) -> None:
+        if guild is not None and guild.allowed_channels and request.channel_id not in guild.allowed_channels:
+            raise PolicyRefused("Atelier is not enabled in this channel; try one of the server's art channels.")
+        nsfw_allowed = bool(guild and guild.nsfw_policy == "allow" and request.channel_nsfw)
+        verdict = check_prompt(text, banned_words=guild.banned_words if guild else (), nsfw_allowed=nsfw_allowed)
+        if not verdict.allowed:
+            async with self.db.transaction() as session:
+                session.add(
+                    ModerationEvent(
+                        guild_id=request.guild_id, user_id=request.user_id, prompt=text, reason=verdict.reason
+                    )
+                )
+            log.info("refused a prompt from user %s in guild %s: %s", request.user_id, request.guild_id, verdict.reason)
+            raise PolicyRefused(verdict.reason)
+
+    async def submit(self, request: ImagineRequest) -> Job:
+        """Validate, moderate, expand, then reserve quota and enqueue in one transaction."""
+        guild = await self.guild(request.guild_id)
+        params = self.validate(request, guild)
+        await self._check_policy(request, guild, params.prompt)
+        style = request.style or (guild.default_style if guild else None)
+        raw = request.raw or bool(guild and guild.expansion_mode == "raw")
+        try:
+            expansion = await self.expander.expand(
+                params.prompt, style=style, seed=params.seed, raw=raw, negative=params.negative_prompt or None
+            )
+        except ValueError as error:  # an unknown style, for instance
+            raise InvalidRequest(str(error)) from error
+        if expansion.expanded != params.prompt:
+            await self._check_policy(request, guild, expansion.expanded)
+        job_id = uuid.uuid4().hex
+        units = compute_units(params)
+        async with self.db.transaction() as session:
+            await self._ensure_member(session, request)
+            member = await session.get(Member, (request.guild_id, request.user_id))
+            if member is not None and member.banned:
+                raise PolicyRefused("You are not allowed to use Atelier on this server.")
+            guild = await session.get(Guild, request.guild_id)
+            await self.quota.reserve(
+                session,
+                guild=guild,
+                guild_id=request.guild_id,
+                user_id=request.user_id,
+                job_id=job_id,
+                images=params.count,
+                compute_units=units,
+                role_ids=request.role_ids,
+            )
+            job = Job(
+                id=job_id,
+                guild_id=request.guild_id,
+                user_id=request.user_id,
+                channel_id=request.channel_id,
+                parent_job_id=request.parent_job_id,
+                kind=params.kind,
+                prompt=params.prompt,
+                expanded_prompt=expansion.expanded,
+                negative_prompt=expansion.negative,
+                expansion_source=expansion.source,
+                style=expansion.style,
+                model=params.model,
+                width=params.width,
+                height=params.height,
+                steps=params.steps,
+                guidance=params.guidance,
+                seed=params.seed,
+                count=params.count,
+                strength=params.strength,
+                init_image=params.init_image,
+                status=JobStatus.QUEUED,
+                max_attempts=self.settings.max_attempts,
+                compute_units=units,
+                created_at=utcnow(),
+                available_at=utcnow(),
+            )
+            session.add(job)
+        await self.queue.publish(job_id)
+        log.info("queued job %s for user %s in guild %s", job_id, request.user_id, request.guild_id)
+        return job
+
+    async def _ensure_member(self, session, request: ImagineRequest) -> None:  # type: ignore[no-untyped-def]
+        await session.execute(sqlite_insert(Guild).values(id=request.guild_id).on_conflict_do_nothing())
+        await session.execute(
+            sqlite_insert(Member)
+            .values(guild_id=request.guild_id, user_id=request.user_id, display_name=request.display_name)
+            .on_conflict_do_nothing()
+        )
+
+    async def get(self, job_id: str) -> Job:
+        async with self.db.sessions() as session:
+            job = await session.get(Job, job_id)
+        if job is None:
+            raise NotFound(f"No job {job_id}.")
+        return job
+
+    async def wait(self, job_id: str, *, timeout: float | None = None, poll_seconds: float = 0.1) -> Job:
+        """Poll until the job ends. Polling a WAL database is cheap and needs no extra channel."""
+        async with asyncio.timeout(timeout):
+            while True:
+                job = await self.get(job_id)
+                if JobStatus(job.status).terminal:
+                    return job
+                await asyncio.sleep(poll_seconds)
+
+    async def cancel(self, job_id: str, *, user_id: int | None = None) -> str:
+        job = await self.get(job_id)
+        if user_id is not None and job.user_id != user_id:
+            raise PolicyRefused("Only the member who asked for this image can cancel it.")
+        status = await self.queue.cancel(job_id)
+        return status or "missing"
+
+    async def list_jobs(self, *, limit: int = 50, status: str | None = None, guild_id: int | None = None) -> list[Job]:
+        query = select(Job).order_by(Job.created_at.desc()).limit(limit)
+        if status:
+            query = query.where(Job.status == status)
+        if guild_id is not None:
+            query = query.where(Job.guild_id == guild_id)
+        async with self.db.sessions() as session:
+            return list((await session.execute(query)).scalars().all())
+
+    async def retry(self, job_id: str) -> Job:
+        """Operator's retry of an ended job: back in the queue with fresh attempts, charged again."""
+        async with self.db.transaction() as session:
+            job = await session.get(Job, job_id)
+            if job is None:
+                raise NotFound(f"No job {job_id}.")
+            if job.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
+                raise InvalidRequest(f"Only failed or cancelled jobs can be retried; {job_id} is {job.status}.")
+            job.status = JobStatus.QUEUED
+            job.attempts = 0
+            job.cancel_requested = False
+            job.finished_at = None
+            job.error = None
+            job.available_at = utcnow()
+            usage = await session.get(Usage, job_id)
+            if usage is not None:
+                usage.refunded_at = None
+        await self.queue.publish(job_id)
+        return job

@@ -1,0 +1,47 @@
+"""Prompt moderation: a built-in list plus each server's own words. Refused prompts never reach the queue."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+# Kept short and unambiguous: false positives on a busy server annoy more than they protect.
+BUILTIN_PATTERNS: tuple[str, ...] = (
+    r"\bchild(?:ren)?\s+(?:porn|nude|naked|sexual)",
+    r"\b(?:loli|shota)\b",
+    r"\bcsam\b",
+    r"\bcp\s+(?:porn|pics?)\b",
+    r"\bunderage\s+(?:sex|nude|naked|porn)",
+)
+NSFW_PATTERNS: tuple[str, ...] = (
+    r"\b(?:nsfw|nude|nudity|naked|porn\w*|hentai|sex|sexual|explicit|topless|genitals?)\b",
+)
+
+
+def _normalise(text: str) -> str:
+    # Fold accents and full-width forms so "ｎｕｄｅ" or "nüde" cannot slip past a word list.
+    return unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().lower()
+
+
+@dataclass(frozen=True)
+class Verdict:
+    allowed: bool
+    reason: str = ""
+
+
+def check_prompt(text: str, *, banned_words: Iterable[str] = (), nsfw_allowed: bool = False) -> Verdict:
+    folded = _normalise(text) + " " + text.lower()
+    for pattern in BUILTIN_PATTERNS:
+        if re.search(pattern, folded):
+            return Verdict(False, "This request is not allowed here.")
+    for word in banned_words:
+        word = word.strip().lower()
+        if word and re.search(rf"(?<!\w){re.escape(word)}(?!\w)", folded):
+            return Verdict(False, f"This server does not allow “{word}” in prompts.")
+    if not nsfw_allowed:
+        for pattern in NSFW_PATTERNS:
+            if re.search(pattern, folded):
+                return Verdict(False, "NSFW requests are only allowed in NSFW channels of servers that permit them.")
+    return Verdict(True)

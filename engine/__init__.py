@@ -1,0 +1,1 @@
+"""Atelier's GPU engine: claims jobs from the queue and runs diffusers pipelines."""

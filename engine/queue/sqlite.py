@@ -1,0 +1,224 @@
+"""The single-host queue: a lease table (the ``jobs`` table itself) in the project's SQLite database.
+
+Claims run inside ``BEGIN IMMEDIATE`` (see bot.db.session), so two engines never take the same job.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from sqlalchemy import String, case, cast, func, select, text, update
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bot.db.base import utcnow
+from bot.db.models import Job, JobStatus, Worker
+from bot.db.records import record_failure, record_success, refund, write_images
+from engine.queue.protocol import ClaimedJob, JobParams, JobResult, LeaseState
+
+if TYPE_CHECKING:
+    from bot.config import Settings
+    from bot.db.session import Database
+
+log = logging.getLogger(__name__)
+
+# Fair pick: a member's k-th waiting job gets turn (running jobs of that member + k), so the queue
+# is served round-robin across members, oldest first within a turn. One member's burst of 40
+# requests cannot push everyone else back.
+_PICK_SQL = """
+WITH running AS (
+    SELECT user_id, count(*) AS n FROM jobs WHERE status = 'running' GROUP BY user_id
+)
+SELECT j.id
+FROM jobs j LEFT JOIN running r ON r.user_id = j.user_id
+WHERE j.status = 'queued' AND j.available_at <= :now {model_filter}
+ORDER BY coalesce(r.n, 0) + row_number() OVER (PARTITION BY j.user_id ORDER BY j.created_at, j.id),
+         j.created_at, j.id
+LIMIT :limit
+"""
+
+
+class SqliteQueue:
+    def __init__(self, database: Database, settings: Settings) -> None:
+        self.db = database
+        self.settings = settings
+
+    async def publish(self, job_id: str) -> None:
+        """Nothing to send: the committed row is the queue entry."""
+
+    async def claim(self, worker_id: str, limit: int = 1, models: list[str] | None = None) -> list[ClaimedJob]:
+        now = utcnow()
+        params: dict[str, object] = {
+            "now": now,
+            "expires": now + timedelta(seconds=self.settings.lease_seconds),
+            "limit": limit,
+        }
+        model_filter = ""
+        if models:
+            names = [f":model{i}" for i in range(len(models))]
+            model_filter = f"AND j.model IN ({', '.join(names)})"
+            params.update({f"model{i}": m for i, m in enumerate(models)})
+        async with self.db.transaction() as session:
+            await self._expire_leases(session, now)
+            pick = text(_PICK_SQL.format(model_filter=model_filter))
+            ids = list((await session.execute(pick, params)).scalars().all())
+            if not ids:
+                return []
+            # Picking then updating is atomic: the IMMEDIATE transaction holds the write lock throughout.
+            await session.execute(
+                update(Job)
+                .where(Job.id.in_(ids))
+                .values(
+                    status=JobStatus.RUNNING,
+                    attempts=Job.attempts + 1,
+                    lease_owner=worker_id + ":" + cast(Job.attempts + 1, String),
+                    lease_expires_at=params["expires"],
+                    started_at=func.coalesce(Job.started_at, now),
+                )
+            )
+            jobs = {job.id: job for job in (await session.execute(select(Job).where(Job.id.in_(ids)))).scalars()}
+        return [_claimed(jobs[job_id]) for job_id in ids]
+
+    async def _expire_leases(self, session: AsyncSession, now: datetime) -> None:
+        exhausted = (
+            (
+                await session.execute(
+                    update(Job)
+                    .where(
+                        Job.status == JobStatus.RUNNING,
+                        Job.lease_expires_at < now,
+                        (Job.attempts >= Job.max_attempts) | Job.cancel_requested,
+                    )
+                    .values(
+                        status=case((Job.cancel_requested, JobStatus.CANCELLED), else_=JobStatus.FAILED),
+                        finished_at=now,
+                        lease_owner=None,
+                        lease_expires_at=None,
+                        error="lease expired: the engine stopped responding",
+                    )
+                    .returning(Job.id)
+                )
+            )
+            .scalars()
+            .all()
+        )
+        await refund(session, list(exhausted))
+        requeued = (
+            (
+                await session.execute(
+                    update(Job)
+                    .where(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now)
+                    .values(status=JobStatus.QUEUED, lease_owner=None, lease_expires_at=None, available_at=now)
+                    .returning(Job.id)
+                )
+            )
+            .scalars()
+            .all()
+        )
+        if exhausted or requeued:
+            log.warning("expired leases: %d requeued, %d ended", len(requeued), len(exhausted))
+
+    async def renew(self, job: ClaimedJob) -> LeaseState:
+        expires = utcnow() + timedelta(seconds=self.settings.lease_seconds)
+        async with self.db.transaction() as session:
+            cancel = (
+                await session.execute(
+                    update(Job)
+                    .where(Job.id == job.id, Job.status == JobStatus.RUNNING, Job.lease_owner == job.lease_token)
+                    .values(lease_expires_at=expires)
+                    .returning(Job.cancel_requested)
+                )
+            ).scalar_one_or_none()
+        if cancel is None:
+            return LeaseState.LOST
+        return LeaseState.CANCELLED if cancel else LeaseState.HELD
+
+    async def complete(self, job: ClaimedJob, result: JobResult) -> bool:
+        paths = write_images(self.settings.images_dir, job.id, result.images)
+        async with self.db.transaction() as session:
+            done = await record_success(session, job.id, result, paths, lease_owner=job.lease_token)
+        if not done:
+            log.warning("job %s finished after its lease was lost; result discarded", job.id)
+        return done
+
+    async def fail(self, job: ClaimedJob, error: str, *, retryable: bool = True) -> str:
+        async with self.db.transaction() as session:
+            status = await record_failure(session, job.id, error, lease_owner=job.lease_token, retryable=retryable)
+        return status or "lost"
+
+    async def release(self, job: ClaimedJob) -> None:
+        async with self.db.transaction() as session:
+            await session.execute(
+                update(Job)
+                .where(Job.id == job.id, Job.lease_owner == job.lease_token, Job.status == JobStatus.RUNNING)
+                .values(
+                    status=JobStatus.QUEUED,
+                    attempts=Job.attempts - 1,  # a shutdown is not the job's fault
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    available_at=utcnow(),
+                )
+            )
+
+    async def cancel(self, job_id: str) -> str | None:
+        async with self.db.transaction() as session:
+            job = await session.get(Job, job_id)
+            if job is None:
+                return None
+            if job.status == JobStatus.QUEUED:
+                job.status = JobStatus.CANCELLED
+                job.finished_at = utcnow()
+                await refund(session, [job_id])
+            elif job.status == JobStatus.RUNNING:
+                # The worker sees this on its next lease renewal and interrupts the pipeline.
+                job.cancel_requested = True
+                return "cancelling"
+            return job.status
+
+    async def heartbeat(self, worker_id: str, model: str) -> None:
+        now = utcnow()
+        statement = sqlite_insert(Worker).values(
+            id=worker_id, host=socket.gethostname(), pid=os.getpid(), model=model, started_at=now, heartbeat_at=now
+        )
+        statement = statement.on_conflict_do_update(
+            index_elements=[Worker.id], set_={"heartbeat_at": now, "model": model, "stopped_at": None}
+        )
+        async with self.db.transaction() as session:
+            await session.execute(statement)
+
+    async def worker_stopped(self, worker_id: str) -> None:
+        async with self.db.transaction() as session:
+            await session.execute(update(Worker).where(Worker.id == worker_id).values(stopped_at=utcnow()))
+
+    async def close(self) -> None:
+        await self.db.dispose()
+
+
+def _claimed(job: Job) -> ClaimedJob:
+    return ClaimedJob(
+        id=job.id,
+        user_id=job.user_id,
+        attempt=job.attempts,
+        max_attempts=job.max_attempts,
+        lease_token=job.lease_owner or "",
+        params=JobParams(
+            kind=job.kind,
+            prompt=job.expanded_prompt,
+            negative_prompt=job.negative_prompt,
+            model=job.model,
+            width=job.width,
+            height=job.height,
+            steps=job.steps,
+            guidance=job.guidance,
+            seed=job.seed,
+            count=job.count,
+            scheduler=job.scheduler,
+            strength=job.strength,
+            init_image=job.init_image,
+            member_prompt=job.prompt,
+        ),
+    )

@@ -1,0 +1,61 @@
+"""`atelier engine`: migrate, load the pipeline once, work the queue until SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+
+from bot.config import Settings
+from bot.db.migrate import upgrade
+from engine.queue import open_queue
+from engine.worker import EngineWorker, WorkerConfig
+
+log = logging.getLogger(__name__)
+
+
+def quiet_model_libraries() -> None:
+    # Progress bars and advisory warnings from the model libraries drown the engine's own log.
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+
+def load_pipeline(settings: Settings):  # type: ignore[no-untyped-def]
+    quiet_model_libraries()
+    from engine.pipelines.registry import resolve_model
+    from engine.pipelines.text_to_image import TextToImage
+
+    settings.ensure_dirs()
+    source = resolve_model(settings.image_model, settings.models_dir)
+    return TextToImage(settings.image_model, source, device=settings.device, dtype=settings.dtype)
+
+
+async def serve(settings: Settings, *, max_batch: int = 1, idle_exit_seconds: float | None = None) -> int:
+    settings.ensure_dirs()
+    await upgrade(settings.db_url)
+    pipeline = await asyncio.to_thread(load_pipeline, settings)
+    queue = open_queue(settings)
+    worker = EngineWorker(
+        queue,
+        pipeline,
+        WorkerConfig(
+            max_batch=max_batch,
+            heartbeat_seconds=settings.heartbeat_seconds,
+            poll_seconds=settings.claim_poll_seconds,
+            shutdown_grace_seconds=settings.shutdown_grace_seconds,
+            idle_exit_seconds=idle_exit_seconds,
+        ),
+    )
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, worker.request_stop)
+    log.info("engine %s ready with %s", worker.worker_id, pipeline.model)
+    try:
+        await worker.run()
+    finally:
+        await queue.close()
+    log.info("engine %s stopped after %d job(s)", worker.worker_id, worker.completed)
+    return 0

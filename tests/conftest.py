@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from bot.config import Settings
+from bot.db.migrate import upgrade
+from bot.db.session import Database
+
+# Tests never reach a model hub; the loading code must find everything locally.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny models are built once per test session and shared by every test and subprocess."""
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture
+def settings(tmp_path: Path, models_dir: Path) -> Settings:
+    return Settings(
+        data_dir=tmp_path / "data",
+        models_path=models_dir,
+        tiny=True,
+        lease_seconds=2.0,
+        heartbeat_seconds=0.3,
+        claim_poll_seconds=0.05,
+        shutdown_grace_seconds=5.0,
+        expansion_mode="presets",
+    )
+
+
+@pytest.fixture
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The same settings for a subprocess (`atelier …`, `python -m engine`)."""
+    return {
+        **os.environ,
+        "ATELIER_DATA_DIR": str(settings.data_dir),
+        "ATELIER_MODELS_PATH": str(settings.models_dir),
+        "ATELIER_LEASE_SECONDS": str(settings.lease_seconds),
+        "ATELIER_HEARTBEAT_SECONDS": str(settings.heartbeat_seconds),
+        "ATELIER_CLAIM_POLL_SECONDS": str(settings.claim_poll_seconds),
+        "ATELIER_SHUTDOWN_GRACE_SECONDS": str(settings.shutdown_grace_seconds),
+        "ATELIER_EXPANSION_MODE": settings.expansion_mode,
+    }
+
+
+@pytest.fixture
+async def database(settings: Settings) -> AsyncIterator[Database]:
+    settings.ensure_dirs()
+    await upgrade(settings.db_url)
+    db = Database(settings.db_url)
+    yield db
+    await db.dispose()
