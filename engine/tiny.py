@@ -8,7 +8,10 @@ by the seed, which is what the tests check.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -51,12 +54,12 @@ def _train_bpe(words: list[str], merges: int) -> tuple[list[str], list[tuple[str
     table = _bytes_to_unicode()
     symbols = list(table.values())
     vocab = symbols + [s + "</w>" for s in symbols]
-    split = Counter(tuple(w[:-1]) + (w[-1] + "</w>",) for w in words)
+    split = Counter((*tuple(w[:-1]), w[-1] + "</w>") for w in words)
     learned: list[tuple[str, str]] = []
     for _ in range(merges):
         pairs: Counter[tuple[str, str]] = Counter()
         for word, freq in split.items():
-            for pair in zip(word, word[1:], strict=False):
+            for pair in itertools.pairwise(word):
                 pairs[pair] += freq
         if not pairs:
             break
@@ -103,7 +106,8 @@ def build_tiny_sd(out_dir: Path, *, seed: int = 0) -> Path:
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     log.info("building the tiny Stable Diffusion pipeline in %s", out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".partial")
+    # A private scratch directory: two processes may build at once, and the first rename wins.
+    tmp = out_dir.with_name(f"{out_dir.name}.partial-{os.getpid()}")
     tokenizer = CLIPTokenizer.from_pretrained(write_clip_tokenizer(tmp / "tokenizer"))
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
@@ -160,5 +164,10 @@ def build_tiny_sd(out_dir: Path, *, seed: int = 0) -> Path:
         requires_safety_checker=False,
     )
     pipe.save_pretrained(tmp)
-    tmp.replace(out_dir)  # readers only ever see a complete model directory
+    try:
+        tmp.replace(out_dir)  # readers only ever see a complete model directory
+    except OSError:
+        if not (out_dir / "model_index.json").is_file():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
     return out_dir

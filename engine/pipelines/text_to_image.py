@@ -65,7 +65,7 @@ class TextToImage:
         self.model = model
         self.device, self.dtype = pick_device(device, dtype)
         started = time.perf_counter()
-        self.pipe = AutoPipelineForText2Image.from_pretrained(source, torch_dtype=self.dtype)
+        self.pipe = AutoPipelineForText2Image.from_pretrained(source, dtype=self.dtype)
         self.pipe.to(self.device)
         self.pipe.set_progress_bar_config(disable=True)
         self._torch = torch
