@@ -6,8 +6,10 @@ from dataclasses import dataclass
 
 from bot.config import Settings
 from bot.db.session import Database
+from bot.services.admin import AdminService
 from bot.services.jobs import Expander, JobService
 from bot.services.quota import QuotaService
+from bot.services.ratings import RatingService
 from engine.queue import JobQueue, open_queue
 
 
@@ -48,6 +50,8 @@ class Services:
     expander: Expander
     quota: QuotaService
     jobs: JobService
+    admin: AdminService
+    ratings: RatingService
 
     @classmethod
     def create(cls, settings: Settings, *, expander: Expander | None = None) -> Services:
@@ -56,7 +60,8 @@ class Services:
         queue = open_queue(settings, db)
         expander = expander or build_expander(settings)
         quota = QuotaService(settings.default_images_per_day)
-        return cls(settings, db, queue, expander, quota, JobService(settings, db, queue, expander, quota))
+        jobs = JobService(settings, db, queue, expander, quota)
+        return cls(settings, db, queue, expander, quota, jobs, AdminService(db, quota), RatingService(db))
 
     async def close(self) -> None:
         close = getattr(self.expander, "aclose", None)

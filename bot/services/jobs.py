@@ -17,6 +17,7 @@ from bot.db.base import utcnow
 from bot.db.models import Guild, Job, JobKind, JobStatus, Member, ModerationEvent, Usage
 from bot.db.session import Database
 from bot.errors import InvalidRequest, NotFound, PolicyRefused
+from bot.services.inline import parse_inline, size_for_aspect
 from bot.services.models import profile_for
 from bot.services.moderation import check_prompt
 from bot.services.quota import QuotaService
@@ -92,8 +93,12 @@ class JobService:
             return await session.get(Guild, guild_id)
 
     def validate(self, request: ImagineRequest, guild: Guild | None) -> JobParams:
-        """Every option checked before anything is written; raises InvalidRequest with a short reason."""
-        prompt = request.prompt.strip()
+        """Every option checked before anything is written; raises InvalidRequest with a short reason.
+
+        Inline flags in the prompt (``--ar 16:9 --seed 3``) fill whatever the slash options left empty.
+        """
+        inline = parse_inline(request.prompt)
+        prompt = inline.prompt
         if not prompt:
             raise InvalidRequest("The prompt is empty: describe the image you want.")
         if len(prompt) > MAX_PROMPT_CHARS:
@@ -103,8 +108,11 @@ class JobService:
             raise PolicyRefused(f"Model {model} is not allowed on this server.")
         profile = profile_for(model)
         max_side = min(self.settings.max_side, (guild.max_side if guild and guild.max_side else self.settings.max_side))
-        width = request.width or profile.side
-        height = request.height or profile.side
+        width, height = request.width, request.height
+        if width is None and height is None and inline.aspect is not None:
+            width, height = size_for_aspect(inline.aspect, profile.side, profile.multiple)
+        width = width or profile.side
+        height = height or profile.side
         for name, value in (("width", width), ("height", height)):
             if not MIN_SIDE <= value <= max_side:
                 raise InvalidRequest(f"The {name} must be between {MIN_SIDE} and {max_side} pixels (got {value}).")
@@ -113,26 +121,29 @@ class JobService:
         max_steps = min(
             profile.max_steps, self.settings.max_steps, (guild.max_steps if guild and guild.max_steps else 10**6)
         )
-        steps = request.steps if request.steps is not None else min(profile.steps, max_steps)
+        steps = request.steps if request.steps is not None else inline.steps
+        steps = steps if steps is not None else min(profile.steps, max_steps)
         if not 1 <= steps <= max_steps:
             raise InvalidRequest(f"Steps must be between 1 and {max_steps} (got {steps}).")
-        if request.seed is not None and not 0 <= request.seed < SEED_LIMIT:
+        seed = request.seed if request.seed is not None else inline.seed
+        if seed is not None and not 0 <= seed < SEED_LIMIT:
             raise InvalidRequest(f"The seed must be between 0 and {SEED_LIMIT - 1}.")
-        if not 1 <= request.count <= MAX_COUNT:
+        count = inline.count if inline.count is not None and request.count == 1 else request.count
+        if not 1 <= count <= MAX_COUNT:
             raise InvalidRequest(f"You can ask for 1 to {MAX_COUNT} images at once.")
         if request.strength is not None and not 0.0 < request.strength <= 1.0:
             raise InvalidRequest("Strength must be greater than 0 and at most 1.")
         return JobParams(
             kind=request.kind,
             prompt=prompt,
-            negative_prompt=(request.negative or "").strip(),
+            negative_prompt=", ".join(n.strip() for n in (request.negative, inline.negative) if n and n.strip()),
             model=model,
             width=width,
             height=height,
             steps=steps,
             guidance=profile.guidance,
-            seed=request.seed if request.seed is not None else secrets.randbelow(SEED_LIMIT),
-            count=request.count,
+            seed=seed if seed is not None else secrets.randbelow(SEED_LIMIT),
+            count=count,
             strength=request.strength,
             init_image=request.init_image,
             member_prompt=prompt,
@@ -157,9 +168,10 @@ class JobService:
         """Validate, moderate, expand, then reserve quota and enqueue in one transaction."""
         guild = await self.guild(request.guild_id)
         params = self.validate(request, guild)
+        inline = parse_inline(request.prompt)
         await self._check_policy(request, guild, params.prompt)
-        style = request.style or (guild.default_style if guild else None)
-        raw = request.raw or bool(guild and guild.expansion_mode == "raw")
+        style = request.style or inline.style or (guild.default_style if guild else None)
+        raw = request.raw or inline.raw or bool(guild and guild.expansion_mode == "raw")
         try:
             expansion = await self.expander.expand(
                 params.prompt, style=style, seed=params.seed, raw=raw, negative=params.negative_prompt or None

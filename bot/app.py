@@ -1,0 +1,127 @@
+"""The Discord bot: a Bot subclass that loads one cog per feature and delivers finished jobs."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+import discord
+from discord.ext import commands
+
+from bot.config import Settings
+from bot.services.container import Services
+from bot.services.delivery import DeliveryService
+
+log = logging.getLogger(__name__)
+
+EXTENSIONS = (
+    "bot.cogs.imagine",
+    "bot.cogs.results",
+    "bot.cogs.ratings",
+    "bot.cogs.admin",
+)
+
+# Interaction tokens live 15 minutes; leave a margin for the upload itself.
+INTERACTION_TOKEN_SECONDS = 14 * 60
+
+
+@dataclass
+class PendingReply:
+    interaction: discord.Interaction
+    created: float
+
+    @property
+    def usable(self) -> bool:
+        return time.monotonic() - self.created < INTERACTION_TOKEN_SECONDS
+
+
+class AtelierBot(commands.Bot):
+    def __init__(self, settings: Settings, services: Services, **options: object) -> None:
+        intents = discord.Intents.default()
+        intents.guilds = True
+        intents.guild_reactions = True
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            intents=intents,
+            owner_ids=set(settings.owner_ids) or None,
+            allowed_mentions=discord.AllowedMentions(everyone=False, roles=False, users=True),
+            **options,  # type: ignore[arg-type]
+        )
+        self.settings = settings
+        self.services = services
+        self.delivery = DeliveryService(services.db)
+        self.pending_replies: dict[str, PendingReply] = {}
+        self.delivery_poll_seconds = 0.25
+        self._delivery_task: asyncio.Task[None] | None = None
+
+    async def setup_hook(self) -> None:
+        for extension in EXTENSIONS:
+            await self.load_extension(extension)
+        self.tree.on_error = self.on_app_command_error
+        if self.settings.sync_commands:
+            synced = await self.tree.sync()
+            log.info("synced %d global commands", len(synced))
+        self._delivery_task = asyncio.create_task(self._deliver_forever(), name="atelier-delivery")
+
+    def track(self, job_id: str, interaction: discord.Interaction) -> None:
+        """Remember who to answer; after a restart, or past the token's life, results go to the channel."""
+        self.pending_replies[job_id] = PendingReply(interaction, time.monotonic())
+
+    async def _deliver_forever(self) -> None:
+        from bot.cogs.results import deliver_job
+
+        await self.wait_until_ready()
+        while not self.is_closed():
+            try:
+                for job in await self.delivery.pending():
+                    if await self.delivery.claim(job.id):
+                        await deliver_job(self, job)
+            except Exception:
+                log.exception("delivery pass failed")
+            await asyncio.sleep(self.delivery_poll_seconds)
+
+    async def on_app_command_error(
+        self, interaction: discord.Interaction, error: discord.app_commands.AppCommandError
+    ) -> None:
+        from bot.cogs.common import reply_error
+
+        if isinstance(error, discord.app_commands.CheckFailure):
+            message = "You need the Manage Server permission for this."
+            if isinstance(error, discord.app_commands.CommandOnCooldown):
+                message = f"Slow down: try again in {error.retry_after:.0f}s."
+            await reply_error(interaction, message)
+            return
+        if isinstance(error, discord.app_commands.TransformerError):
+            await reply_error(interaction, str(error))
+            return
+        log.exception("command %s failed", interaction.command and interaction.command.name, exc_info=error)
+        await reply_error(interaction, "Something went wrong on our side; it has been logged.")
+
+    async def close(self) -> None:
+        if self._delivery_task is not None:
+            self._delivery_task.cancel()
+        await super().close()
+
+
+def run_bot(settings: Settings) -> int:
+    from bot.db.migrate import upgrade_sync
+
+    if settings.discord_token is None:
+        log.error("ATELIER_DISCORD_TOKEN is not set")
+        return 2
+    settings.ensure_dirs()
+    upgrade_sync(settings.db_url)
+
+    async def main() -> None:
+        services = Services.create(settings)
+        bot = AtelierBot(settings, services)
+        try:
+            async with bot:
+                await bot.start(settings.discord_token.get_secret_value())  # type: ignore[union-attr]
+        finally:
+            await services.close()
+
+    asyncio.run(main())
+    return 0

@@ -1,0 +1,1 @@
+"""One cog per feature; each parses, defers, calls a service and renders."""

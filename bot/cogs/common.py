@@ -1,0 +1,47 @@
+"""Small helpers the cogs share for answering members."""
+
+from __future__ import annotations
+
+import logging
+
+import discord
+
+from bot.services.jobs import ImagineRequest
+
+log = logging.getLogger(__name__)
+
+
+async def reply_error(interaction: discord.Interaction, message: str) -> None:
+    """A short ephemeral message, whatever state the interaction is in."""
+    try:
+        if not interaction.response.is_done():
+            await interaction.response.send_message(message, ephemeral=True)
+            return
+        if interaction.type is discord.InteractionType.application_command:
+            # A public "thinking…" placeholder would stay visible to everyone; remove it first.
+            try:
+                await interaction.delete_original_response()
+            except discord.HTTPException:
+                pass
+        await interaction.followup.send(message, ephemeral=True)
+    except discord.HTTPException:
+        log.warning("could not tell a member: %s", message)
+
+
+def member_context(interaction: discord.Interaction) -> dict[str, object]:
+    """Who asked, where, with which roles: what quota and policy decisions depend on."""
+    channel = interaction.channel
+    user = interaction.user
+    roles = tuple(role.id for role in getattr(user, "roles", ()))
+    return {
+        "guild_id": interaction.guild_id or 0,
+        "user_id": user.id,
+        "channel_id": interaction.channel_id,
+        "channel_nsfw": bool(getattr(channel, "nsfw", False)),
+        "role_ids": roles,
+        "display_name": user.display_name,
+    }
+
+
+def request_from(interaction: discord.Interaction, prompt: str, **options: object) -> ImagineRequest:
+    return ImagineRequest(prompt=prompt, **member_context(interaction), **options)  # type: ignore[arg-type]

@@ -1,0 +1,101 @@
+"""Which finished jobs still need posting, claimed so that each is posted exactly once."""
+
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import dataclass
+
+from PIL import Image as PILImage
+from sqlalchemy import select, update
+
+from bot.db.base import utcnow
+from bot.db.models import Image, Job, JobStatus
+from bot.db.session import Database
+
+log = logging.getLogger(__name__)
+
+DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Attachment:
+    filename: str
+    data: bytes
+
+
+def fit_upload(png: bytes, name: str, limit: int = DEFAULT_UPLOAD_LIMIT) -> Attachment:
+    """PNG if it fits the guild's upload limit, else progressively smaller JPEGs (the PNG stays on disk)."""
+    if len(png) <= limit:
+        return Attachment(f"{name}.png", png)
+    with PILImage.open(io.BytesIO(png)) as image:
+        rgb = image.convert("RGB")
+        for quality in (92, 85, 75, 60):
+            buffer = io.BytesIO()
+            rgb.save(buffer, format="JPEG", quality=quality, optimize=True)
+            if buffer.tell() <= limit:
+                return Attachment(f"{name}.jpg", buffer.getvalue())
+        rgb.thumbnail((rgb.width // 2, rgb.height // 2))
+        buffer = io.BytesIO()
+        rgb.save(buffer, format="JPEG", quality=80)
+        return Attachment(f"{name}.jpg", buffer.getvalue())
+
+
+def grid(pngs: list[bytes]) -> bytes:
+    """Two-by-two (or one-row) contact sheet of a job's images, for one attachment in the channel."""
+    images = [PILImage.open(io.BytesIO(png)).convert("RGB") for png in pngs]
+    width, height = images[0].size
+    columns = 2 if len(images) > 2 else len(images)
+    rows = (len(images) + columns - 1) // columns
+    sheet = PILImage.new("RGB", (width * columns, height * rows))
+    for i, image in enumerate(images):
+        sheet.paste(image, ((i % columns) * width, (i // columns) * height))
+    buffer = io.BytesIO()
+    sheet.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+class DeliveryService:
+    def __init__(self, database: Database) -> None:
+        self.db = database
+
+    async def pending(self, limit: int = 20) -> list[Job]:
+        """Ended jobs from Discord that have not been posted yet, oldest first."""
+        query = (
+            select(Job)
+            .where(
+                Job.status.in_([JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED]),
+                Job.delivered_at.is_(None),
+                Job.channel_id.is_not(None),
+            )
+            .order_by(Job.finished_at)
+            .limit(limit)
+        )
+        async with self.db.sessions() as session:
+            return list((await session.execute(query)).scalars().all())
+
+    async def claim(self, job_id: str) -> bool:
+        """True for exactly one caller, even across bot processes."""
+        async with self.db.transaction() as session:
+            claimed = await session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.delivered_at.is_(None))
+                .values(delivered_at=utcnow())
+                .returning(Job.id)
+            )
+            return claimed.scalar_one_or_none() is not None
+
+    async def unclaim(self, job_id: str) -> None:
+        """Posting failed: let the next pass try again."""
+        async with self.db.transaction() as session:
+            await session.execute(update(Job).where(Job.id == job_id).values(delivered_at=None))
+
+    async def delivered(self, job_id: str, message_id: int) -> None:
+        async with self.db.transaction() as session:
+            await session.execute(update(Job).where(Job.id == job_id).values(message_id=message_id))
+            await session.execute(update(Image).where(Image.job_id == job_id).values(message_id=message_id))
+
+    async def job_for_message(self, message_id: int) -> Job | None:
+        async with self.db.sessions() as session:
+            query = select(Job).where(Job.message_id == message_id)
+            return (await session.execute(query)).scalar_one_or_none()
