@@ -236,6 +236,73 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     return asyncio.run(_jobs(args))
 
 
+# ---------------------------------------------------------------- quota, export, status
+
+
+async def _with_services(args: argparse.Namespace, action) -> int:  # type: ignore[no-untyped-def]
+    from bot.db.migrate import upgrade
+    from bot.services.container import Services
+
+    settings = _settings(args)
+    await upgrade(settings.db_url)
+    services = Services.create(settings, expander=_NoExpansion())
+    try:
+        return await action(services)
+    finally:
+        await services.close()
+
+
+def cmd_quota(args: argparse.Namespace) -> int:
+    async def action(services: Any) -> int:
+        if args.quota_command == "set":
+            result = await services.admin.set_quota(
+                guild_id=args.guild,
+                actor_id=0,
+                user_id=args.user,
+                role_id=args.role,
+                images_per_day=args.images_per_day,
+                compute_per_day=args.compute_per_day,
+                max_concurrent=args.max_concurrent,
+                cooldown_seconds=args.cooldown,
+            )
+        else:
+            roles = tuple(args.role or ())
+            result = await services.admin.show_quota(guild_id=args.guild, user_id=args.user, role_ids=roles)
+        _print_json(result) if args.json or args.quota_command == "set" else print(json.dumps(result, indent=2))
+        return 0
+
+    try:
+        return asyncio.run(_with_services(args, action))
+    except InvalidRequest as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_INVALID
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from bot.services.export import export_ratings
+
+    async def action(services: Any) -> int:
+        count = await export_ratings(services.db, Path(args.out), guild_id=args.guild)
+        print(f"wrote {count} rated image(s) to {args.out}", file=sys.stderr)
+        return 0
+
+    return asyncio.run(_with_services(args, action))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from bot.services.status import queue_status
+
+    async def action(services: Any) -> int:
+        status = await queue_status(services)
+        if args.json:
+            _print_json(status)
+        else:
+            print(json.dumps(status, indent=2, default=str))
+        return 0
+
+    return asyncio.run(_with_services(args, action))
+
+
 # ---------------------------------------------------------------- bot
 
 
@@ -305,6 +372,39 @@ def build_parser() -> argparse.ArgumentParser:
         q = jobs.add_parser(name)
         q.add_argument("job_id")
     p.set_defaults(func=cmd_jobs)
+
+    p = sub.add_parser("quota", help="set or show daily budgets")
+    common(p)
+    quota = p.add_subparsers(dest="quota_command", required=True)
+    q = quota.add_parser("set", help="server default, or --user / --role override; -1 = unlimited")
+    q.add_argument("--guild", type=int, required=True)
+    target = q.add_mutually_exclusive_group()
+    target.add_argument("--user", type=int)
+    target.add_argument("--role", type=int)
+    q.add_argument("--images-per-day", type=int)
+    q.add_argument("--compute-per-day", type=float)
+    q.add_argument("--max-concurrent", type=int)
+    q.add_argument("--cooldown", type=float, help="seconds between two requests")
+    q.add_argument("--json", action="store_true")
+    q = quota.add_parser("show")
+    q.add_argument("--guild", type=int, required=True)
+    q.add_argument("--user", type=int, required=True)
+    q.add_argument("--role", type=int, action="append", help="the member's roles (repeatable)")
+    q.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_quota)
+
+    p = sub.add_parser("export", help="export data")
+    common(p)
+    export = p.add_subparsers(dest="export_command", required=True)
+    q = export.add_parser("ratings", help="JSONL of rated images, usable as preference data")
+    q.add_argument("--out", required=True)
+    q.add_argument("--guild", type=int)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("status", help="queue depth, running jobs, engines alive")
+    common(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
 
     _add_optional_commands(sub, common)
     return parser

@@ -9,6 +9,7 @@ import pytest
 from bot.config import Settings
 from bot.db.migrate import upgrade
 from bot.db.session import Database
+from bot.services.container import Services
 
 # Tests never reach a model hub; the loading code must find everything locally.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -59,3 +60,11 @@ async def database(settings: Settings) -> AsyncIterator[Database]:
     db = Database(settings.db_url)
     yield db
     await db.dispose()
+
+
+@pytest.fixture
+async def services(settings: Settings, database: Database) -> AsyncIterator[Services]:
+    """The real services over a migrated database, with the deterministic (model-free) expander."""
+    built = Services.create(settings)
+    yield built
+    await built.close()

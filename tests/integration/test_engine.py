@@ -90,12 +90,16 @@ async def test_a_job_that_cannot_run_fails_alone_with_its_error(
 
 
 def _engine(settings_env: dict[str, str], *extra: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "engine", "--tiny", *extra],
-        env=settings_env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    # Logs go to a file: an unread pipe would fill up and stall the engine.
+    log_path = Path(settings_env["ATELIER_DATA_DIR"]) / "engine-test.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log_file:
+        return subprocess.Popen(
+            [sys.executable, "-m", "engine", "--tiny", *extra],
+            env=settings_env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
 
 
 async def _wait_status(db: Database, job_id: str, statuses: set[str], timeout: float = 120) -> Job:

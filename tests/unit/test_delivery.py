@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+from bot.services.delivery import fit_upload, grid
+from engine.pipelines.costs import compute_units
+from engine.queue.protocol import JobParams
+
+
+def _noise_png(side: int) -> bytes:
+    pixels = np.random.default_rng(0).integers(0, 255, (side, side, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_small_png_is_sent_as_is() -> None:
+    png = _noise_png(32)
+    attachment = fit_upload(png, "job", limit=len(png))
+    assert attachment.filename == "job.png" and attachment.data == png
+
+
+def test_png_over_the_upload_limit_is_reencoded_under_it() -> None:
+    png = _noise_png(256)  # noise barely compresses: ~200 KB
+    limit = len(png) // 3
+    attachment = fit_upload(png, "job", limit=limit)
+    assert attachment.filename == "job.jpg"
+    assert len(attachment.data) <= limit
+    with Image.open(io.BytesIO(attachment.data)) as image:
+        assert image.format == "JPEG"
+
+
+def test_grid_places_four_images_two_by_two() -> None:
+    tiles = []
+    for colour in ("red", "green", "blue", "white"):
+        buffer = io.BytesIO()
+        Image.new("RGB", (8, 8), colour).save(buffer, format="PNG")
+        tiles.append(buffer.getvalue())
+    with Image.open(io.BytesIO(grid(tiles))) as sheet:
+        assert sheet.size == (16, 16)
+        assert sheet.getpixel((12, 12)) == (255, 255, 255)
+        assert sheet.getpixel((12, 2)) == (0, 128, 0)
+
+
+def test_compute_units_are_megapixels_times_steps_times_images() -> None:
+    params = JobParams(
+        kind="txt2img",
+        prompt="p",
+        negative_prompt="",
+        model="m",
+        width=1000,
+        height=500,
+        steps=4,
+        guidance=0,
+        seed=1,
+        count=2,
+    )
+    assert compute_units(params) == 4.0
+    upscale = JobParams(**{**params.to_dict(), "kind": "upscale"})
+    assert compute_units(upscale) == 2.0
