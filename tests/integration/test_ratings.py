@@ -1,0 +1,92 @@
+"""Reactions as ratings, and their export as preference data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from sqlalchemy import select
+
+from bot.db.models import Image, Rating
+from bot.db.session import Database
+from bot.services.delivery import DeliveryService
+from bot.services.export import export_ratings
+from bot.services.ratings import RatingService
+from tests.factories import add_job
+
+MESSAGE = 555
+REQUESTER = 1
+
+
+async def _delivered_job(database: Database) -> str:
+    job_id = await add_job(database, user_id=REQUESTER)
+    async with database.transaction() as session:
+        session.add(
+            Image(job_id=job_id, index=0, path="/tmp/x.png", width=64, height=64, size_bytes=1, sha256="0" * 64)
+        )
+    await DeliveryService(database).delivered(job_id, MESSAGE)
+    return job_id
+
+
+async def _ratings(database: Database) -> list[Rating]:
+    async with database.sessions() as session:
+        return list((await session.execute(select(Rating).order_by(Rating.user_id))).scalars().all())
+
+
+async def test_one_rating_per_member_and_the_latest_wins(database: Database) -> None:
+    await _delivered_job(database)
+    ratings = RatingService(database)
+    assert (await ratings.add(message_id=MESSAGE, user_id=2, emoji="👎", is_bot=False)).score == 1  # type: ignore[union-attr]
+    assert (await ratings.add(message_id=MESSAGE, user_id=2, emoji="⭐", is_bot=False)).score == 5  # type: ignore[union-attr]
+    [only] = await _ratings(database)
+    assert (only.user_id, only.score, only.emoji) == (2, 5, "⭐")
+
+
+async def test_removing_the_current_reaction_removes_the_rating(database: Database) -> None:
+    await _delivered_job(database)
+    ratings = RatingService(database)
+    await ratings.add(message_id=MESSAGE, user_id=2, emoji="👍", is_bot=False)
+    assert not await ratings.remove(message_id=MESSAGE, user_id=2, emoji="👎")  # not the current one
+    assert await ratings.remove(message_id=MESSAGE, user_id=2, emoji="👍")
+    assert await _ratings(database) == []
+
+
+async def test_bots_other_messages_and_unmapped_emoji_are_ignored(database: Database) -> None:
+    await _delivered_job(database)
+    ratings = RatingService(database)
+    assert await ratings.add(message_id=MESSAGE, user_id=3, emoji="⭐", is_bot=True) is None
+    assert await ratings.add(message_id=999, user_id=3, emoji="⭐", is_bot=False) is None
+    assert await ratings.add(message_id=MESSAGE, user_id=3, emoji="🦊", is_bot=False) is None
+    assert await _ratings(database) == []
+
+
+async def test_requester_rating_is_kept_and_marked(database: Database) -> None:
+    await _delivered_job(database)
+    outcome = await RatingService(database).add(message_id=MESSAGE, user_id=REQUESTER, emoji="❤", is_bot=False)
+    assert outcome is not None and outcome.by_requester and outcome.score == 5
+
+
+async def test_export_writes_one_line_per_rated_image(database: Database, tmp_path: Path) -> None:
+    job_id = await _delivered_job(database)
+    ratings = RatingService(database)
+    await ratings.add(message_id=MESSAGE, user_id=2, emoji="⭐", is_bot=False)
+    await ratings.add(message_id=MESSAGE, user_id=3, emoji="👎", is_bot=False)
+    out = tmp_path / "ratings.jsonl"
+    assert await export_ratings(database, out) == 1
+    [line] = out.read_text().splitlines()
+    record = json.loads(line)
+    assert record["job_id"] == job_id and record["prompt"] == "a fox in the snow"
+    assert record["parameters"]["seed"] == 7 and record["image"] == "/tmp/x.png"
+    assert sorted(r["score"] for r in record["ratings"]) == [1, 5] and record["mean_score"] == 3
+
+
+async def test_delivery_claim_is_exclusive(database: Database) -> None:
+    job_id = await add_job(database)
+    first, second = DeliveryService(database), DeliveryService(Database(database.url))
+    try:
+        assert await first.claim(job_id)
+        assert not await second.claim(job_id)
+        await first.unclaim(job_id)
+        assert await second.claim(job_id)
+    finally:
+        await second.db.dispose()
