@@ -21,6 +21,7 @@ EXTENSIONS = (
     "bot.cogs.results",
     "bot.cogs.ratings",
     "bot.cogs.admin",
+    "bot.cogs.member",
 )
 
 # Interaction tokens live 15 minutes; leave a margin for the upload itself.

@@ -49,7 +49,13 @@ def status_view(job_id: str) -> discord.ui.View:
 
 def result_view(job: Job) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
+    if job.status == "succeeded":
+        for index in range(len(job.images)):
+            view.add_item(UpscaleButton(job.id, index))
+        for index in range(len(job.images)):
+            view.add_item(VariationButton(job.id, index))
     view.add_item(RerollButton(job.id))
+    view.add_item(EditPromptButton(job.id))
     view.add_item(InfoButton(job.id))
     return view
 
@@ -204,6 +210,98 @@ class CancelButton(_JobButton, template=r"atelier:cancel:" + JOB_ID):  # type: i
         await interaction.response.send_message(f"Job {status}.", ephemeral=True)
 
 
+class _ImageButton(discord.ui.DynamicItem[discord.ui.Button], template=r"atelier:img:" + JOB_ID + r":(?P<index>[0-3])"):  # type: ignore[call-arg]
+    """Acts on one image of a grid: U1–U4 upscale, V1–V4 variations."""
+
+    action = "img"
+    prefix = ""
+    kind = ""
+
+    def __init__(self, job_id: str, index: int) -> None:
+        self.job_id = job_id
+        self.index = index
+        super().__init__(
+            discord.ui.Button(
+                label=f"{self.prefix}{index + 1}",
+                style=discord.ButtonStyle.secondary,
+                custom_id=f"atelier:{self.action}:{job_id}:{index}",
+                row=0 if self.prefix == "U" else 1,
+            )
+        )
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Button, match: re.Match[str]
+    ) -> _ImageButton:
+        return cls(match["job_id"], int(match["index"]))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        from bot.cogs.common import member_context
+        from bot.cogs.imagine import submit_and_track
+
+        await interaction.response.defer(thinking=True)
+        bot: AtelierBot = interaction.client  # type: ignore[assignment]
+        try:
+            request = await bot.services.jobs.derived_request(
+                self.job_id, self.index, self.kind, **member_context(interaction)
+            )
+        except AtelierError as error:
+            await reply_error(interaction, str(error))
+            return
+        await submit_and_track(bot, interaction, request)
+
+
+class UpscaleButton(_ImageButton, template=r"atelier:upscale:" + JOB_ID + r":(?P<index>[0-3])"):  # type: ignore[call-arg]
+    action = "upscale"
+    prefix = "U"
+    kind = "upscale"
+
+
+class VariationButton(_ImageButton, template=r"atelier:vary:" + JOB_ID + r":(?P<index>[0-3])"):  # type: ignore[call-arg]
+    action = "vary"
+    prefix = "V"
+    kind = "img2img"
+
+
+class EditPromptModal(discord.ui.Modal, title="Edit prompt"):
+    def __init__(self, job: Job) -> None:
+        super().__init__(custom_id=f"atelier:edit-modal:{job.id}")
+        self.job = job
+        self.prompt: discord.ui.TextInput[EditPromptModal] = discord.ui.TextInput(
+            label="Prompt", style=discord.TextStyle.paragraph, default=job.prompt, max_length=1000, custom_id="prompt"
+        )
+        self.add_item(self.prompt)
+
+    async def on_submit(self, interaction: discord.Interaction) -> None:
+        from bot.cogs.imagine import submit_and_track
+
+        await interaction.response.defer(thinking=True)
+        job = self.job
+        request = request_from(
+            interaction,
+            self.prompt.value,
+            negative=job.negative_prompt or None,
+            width=job.width,
+            height=job.height,
+            steps=job.steps,
+            style=job.style,
+            raw=job.expansion_source == "raw",
+            count=job.count,
+            parent_job_id=job.id,
+        )
+        await submit_and_track(interaction.client, interaction, request)  # type: ignore[arg-type]
+
+
+class EditPromptButton(_JobButton, template=r"atelier:edit:" + JOB_ID):  # type: ignore[call-arg]
+    action = "edit"
+    emoji = "✏️"
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        job = await self.load_job(interaction)
+        if job is not None:
+            await interaction.response.send_modal(EditPromptModal(job))
+
+
 def job_parameters(job: Job) -> dict[str, Any]:
     """Everything needed to reproduce a result."""
     return {
@@ -219,6 +317,9 @@ def job_parameters(job: Job) -> dict[str, Any]:
         "model": job.model,
         "count": job.count,
         "expansion": job.expansion_source,
+        "kind": job.kind,
+        "strength": job.strength,
+        "parent_job_id": job.parent_job_id,
     }
 
 
@@ -228,5 +329,5 @@ class ResultsCog(commands.Cog):
 
 
 async def setup(bot: AtelierBot) -> None:
-    bot.add_dynamic_items(RerollButton, InfoButton, CancelButton)
+    bot.add_dynamic_items(RerollButton, InfoButton, CancelButton, UpscaleButton, VariationButton, EditPromptButton)
     await bot.add_cog(ResultsCog(bot))

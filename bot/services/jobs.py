@@ -6,8 +6,8 @@ import asyncio
 import logging
 import secrets
 import uuid
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from sqlalchemy import select
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -17,7 +17,8 @@ from bot.db.base import utcnow
 from bot.db.models import Guild, Job, JobKind, JobStatus, Member, ModerationEvent, Usage
 from bot.db.session import Database
 from bot.errors import InvalidRequest, NotFound, PolicyRefused
-from bot.services.inline import parse_inline, size_for_aspect
+from bot.services.expansion import Expansion
+from bot.services.inline import parse_aspect, parse_inline, size_for_aspect
 from bot.services.models import profile_for
 from bot.services.moderation import check_prompt
 from bot.services.quota import QuotaService
@@ -54,13 +55,25 @@ class ImagineRequest:
     steps: int | None = None
     style: str | None = None
     raw: bool = False
-    count: int = 1
+    count: int | None = None
     model: str | None = None
     kind: str = JobKind.TEXT_TO_IMAGE
     parent_job_id: str | None = None
     init_image: str | None = None
     strength: float | None = None
-    extra: dict[str, object] = field(default_factory=dict)
+    # Set for jobs derived from another (variation, upscale): the parent's expanded prompt, used as is.
+    expanded: str | None = None
+
+
+@dataclass(frozen=True)
+class Resolved:
+    params: JobParams
+    style: str | None
+    raw: bool
+
+
+def _first(*values: Any) -> Any:
+    return next((v for v in values if v is not None), None)
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -92,11 +105,15 @@ class JobService:
         async with self.db.sessions() as session:
             return await session.get(Guild, guild_id)
 
-    def validate(self, request: ImagineRequest, guild: Guild | None) -> JobParams:
+    def validate(
+        self, request: ImagineRequest, guild: Guild | None, preferences: dict[str, Any] | None = None
+    ) -> Resolved:
         """Every option checked before anything is written; raises InvalidRequest with a short reason.
 
-        Inline flags in the prompt (``--ar 16:9 --seed 3``) fill whatever the slash options left empty.
+        Where an option is missing, it comes from, in order: inline flags in the prompt (``--ar 16:9``),
+        the member's /settings, the server's settings, the model's defaults.
         """
+        preferences = preferences or {}
         inline = parse_inline(request.prompt)
         prompt = inline.prompt
         if not prompt:
@@ -109,8 +126,9 @@ class JobService:
         profile = profile_for(model)
         max_side = min(self.settings.max_side, (guild.max_side if guild and guild.max_side else self.settings.max_side))
         width, height = request.width, request.height
-        if width is None and height is None and inline.aspect is not None:
-            width, height = size_for_aspect(inline.aspect, profile.side, profile.multiple)
+        aspect = inline.aspect or (parse_aspect(preferences["aspect"]) if preferences.get("aspect") else None)
+        if width is None and height is None and aspect is not None:
+            width, height = size_for_aspect(aspect, profile.side, profile.multiple)
         width = width or profile.side
         height = height or profile.side
         for name, value in (("width", width), ("height", height)):
@@ -118,22 +136,22 @@ class JobService:
                 raise InvalidRequest(f"The {name} must be between {MIN_SIDE} and {max_side} pixels (got {value}).")
             if value % profile.multiple:
                 raise InvalidRequest(f"The {name} must be a multiple of {profile.multiple} (got {value}).")
-        max_steps = min(
-            profile.max_steps, self.settings.max_steps, (guild.max_steps if guild and guild.max_steps else 10**6)
-        )
-        steps = request.steps if request.steps is not None else inline.steps
-        steps = steps if steps is not None else min(profile.steps, max_steps)
+        guild_max_steps = guild.max_steps if guild and guild.max_steps else self.settings.max_steps
+        max_steps = min(profile.max_steps, self.settings.max_steps, guild_max_steps)
+        steps = _first(request.steps, inline.steps, min(profile.steps, max_steps))
         if not 1 <= steps <= max_steps:
             raise InvalidRequest(f"Steps must be between 1 and {max_steps} (got {steps}).")
-        seed = request.seed if request.seed is not None else inline.seed
+        seed = _first(request.seed, inline.seed)
         if seed is not None and not 0 <= seed < SEED_LIMIT:
             raise InvalidRequest(f"The seed must be between 0 and {SEED_LIMIT - 1}.")
-        count = inline.count if inline.count is not None and request.count == 1 else request.count
+        count = _first(
+            request.count, inline.count, preferences.get("count"), guild.grid_size if guild else None, profile.grid
+        )
         if not 1 <= count <= MAX_COUNT:
             raise InvalidRequest(f"You can ask for 1 to {MAX_COUNT} images at once.")
         if request.strength is not None and not 0.0 < request.strength <= 1.0:
             raise InvalidRequest("Strength must be greater than 0 and at most 1.")
-        return JobParams(
+        params = JobParams(
             kind=request.kind,
             prompt=prompt,
             negative_prompt=", ".join(n.strip() for n in (request.negative, inline.negative) if n and n.strip()),
@@ -148,6 +166,14 @@ class JobService:
             init_image=request.init_image,
             member_prompt=prompt,
         )
+        style = request.style or inline.style or preferences.get("style") or (guild.default_style if guild else None)
+        raw = request.raw or inline.raw or bool(preferences.get("raw")) or bool(guild and guild.expansion_mode == "raw")
+        return Resolved(params, style, raw)
+
+    async def preferences(self, guild_id: int, user_id: int) -> dict[str, Any]:
+        async with self.db.sessions() as session:
+            member = await session.get(Member, (guild_id, user_id))
+        return dict(member.preferences) if member is not None and member.preferences else {}
 
     async def _check_policy(self, request: ImagineRequest, guild: Guild | None, text: str) -> None:
         if guild is not None and guild.allowed_channels and request.channel_id not in guild.allowed_channels:
@@ -167,17 +193,32 @@ class JobService:
     async def submit(self, request: ImagineRequest) -> Job:
         """Validate, moderate, expand, then reserve quota and enqueue in one transaction."""
         guild = await self.guild(request.guild_id)
-        params = self.validate(request, guild)
-        inline = parse_inline(request.prompt)
+        resolved = self.validate(request, guild, await self.preferences(request.guild_id, request.user_id))
+        params = resolved.params
         await self._check_policy(request, guild, params.prompt)
-        style = request.style or inline.style or (guild.default_style if guild else None)
-        raw = request.raw or inline.raw or bool(guild and guild.expansion_mode == "raw")
-        try:
-            expansion = await self.expander.expand(
-                params.prompt, style=style, seed=params.seed, raw=raw, negative=params.negative_prompt or None
+        if request.expanded is not None:
+            # Variations and upscales keep their parent's prompts exactly.
+            expansion = Expansion(
+                prompt=params.prompt,
+                expanded=request.expanded,
+                negative=params.negative_prompt,
+                source="parent",
+                style=resolved.style,
+                added="",
+                tokens=0,
+                ms=0.0,
             )
-        except ValueError as error:  # an unknown style, for instance
-            raise InvalidRequest(str(error)) from error
+        else:
+            try:
+                expansion = await self.expander.expand(
+                    params.prompt,
+                    style=resolved.style,
+                    seed=params.seed,
+                    raw=resolved.raw,
+                    negative=params.negative_prompt or None,
+                )
+            except ValueError as error:  # an unknown style, for instance
+                raise InvalidRequest(str(error)) from error
         if expansion.expanded != params.prompt:
             await self._check_policy(request, guild, expansion.expanded)
         job_id = uuid.uuid4().hex
@@ -289,3 +330,57 @@ class JobService:
                 usage.refunded_at = None
         await self.queue.publish(job_id)
         return job
+
+    async def derived_request(self, parent_id: str, index: int, kind: str, **member: Any) -> ImagineRequest:
+        """A variation (img2img, fresh seeds) or an upscale (2×, enhanced) of one image of a finished job."""
+        parent = await self.get(parent_id)
+        if parent.status != JobStatus.SUCCEEDED or not 0 <= index < len(parent.images):
+            raise InvalidRequest("That image is not available any more.")
+        image = parent.images[index]
+        common = {
+            "prompt": parent.prompt,
+            "negative": parent.negative_prompt or None,
+            "style": parent.style,
+            "expanded": parent.expanded_prompt,
+            "init_image": image.path,
+            "parent_job_id": parent.id,
+            "model": parent.model,
+            "steps": parent.steps,
+            **member,
+        }
+        if kind == JobKind.UPSCALE:
+            width, height = self.upscaled_size(parent.width, parent.height, parent.model)
+            return ImagineRequest(
+                kind=kind, width=width, height=height, seed=(parent.seed + index) % SEED_LIMIT, count=1, **common
+            )
+        return ImagineRequest(
+            kind=JobKind.IMAGE_TO_IMAGE, width=parent.width, height=parent.height, strength=0.6, **common
+        )
+
+    def upscaled_size(self, width: int, height: int, model: str) -> tuple[int, int]:
+        """Twice the size, or as close as the server's size limit allows."""
+        multiple = profile_for(model).multiple
+        factor = min(2.0, self.settings.max_side / max(width, height))
+        if factor <= 1.0:
+            raise InvalidRequest("This image is already as large as this server allows.")
+        return (int(width * factor) // multiple * multiple, int(height * factor) // multiple * multiple)
+
+    async def set_preferences(self, guild_id: int, user_id: int, **changes: Any) -> dict[str, Any]:
+        """Store a member's /settings; returns them all. Unknown styles are refused here, not at /imagine."""
+        style = changes.get("style")
+        if style is not None:
+            from bot.services.expansion import STYLES
+
+            if style.lower() not in STYLES:
+                raise InvalidRequest(f"Unknown style {style}. Styles: {', '.join(sorted(STYLES))}.")
+            changes["style"] = style.lower()
+        async with self.db.transaction() as session:
+            await session.execute(sqlite_insert(Guild).values(id=guild_id).on_conflict_do_nothing())
+            await session.execute(
+                sqlite_insert(Member).values(guild_id=guild_id, user_id=user_id).on_conflict_do_nothing()
+            )
+            member = await session.get(Member, (guild_id, user_id))
+            assert member is not None
+            preferences = {**(member.preferences or {}), **{k: v for k, v in changes.items() if v is not None}}
+            member.preferences = preferences
+        return preferences

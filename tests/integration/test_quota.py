@@ -29,14 +29,14 @@ async def test_fifty_simultaneous_requests_with_five_left_make_exactly_five_jobs
 
     async def attempt(i: int) -> bool:
         try:
-            await services.jobs.submit(ImagineRequest(f"a fox number {i}", guild_id=GUILD, user_id=USER))
+            await services.jobs.submit(ImagineRequest(f"a fox number {i}", guild_id=GUILD, user_id=USER, count=1))
         except QuotaExceeded:
             return False
         return True
 
     outcomes = await asyncio.gather(*(attempt(i) for i in range(50)))
     assert sum(outcomes) == 5
-    assert await _count_jobs(services, guild_id=GUILD, user_id=USER) == 5
+    assert await _count_jobs(services, guild_id=GUILD, user_id=USER, count=1) == 5
 
 
 @pytest.mark.slow
@@ -62,29 +62,29 @@ async def test_separate_processes_cannot_overspend(services: Services, settings_
     codes = sorted(code for code, _ in results)
     assert codes == [0, 0, 0, 3, 3, 3], results
     assert all("Daily limit reached" in err for code, err in results if code == 3)
-    assert await _count_jobs(services, guild_id=GUILD, user_id=USER) == 3
+    assert await _count_jobs(services, guild_id=GUILD, user_id=USER, count=1) == 3
 
 
 async def test_refusal_says_when_the_budget_resets(services: Services) -> None:
     await services.admin.set_quota(guild_id=GUILD, actor_id=1, images_per_day=1)
-    await services.jobs.submit(ImagineRequest("a fox", guild_id=GUILD, user_id=USER))
+    await services.jobs.submit(ImagineRequest("a fox", guild_id=GUILD, user_id=USER, count=1))
     with pytest.raises(QuotaExceeded) as refused:
-        await services.jobs.submit(ImagineRequest("a fox", guild_id=GUILD, user_id=USER))
+        await services.jobs.submit(ImagineRequest("a fox", guild_id=GUILD, user_id=USER, count=1))
     assert refused.value.resets_at is not None
     assert "0 image(s) left of 1" in str(refused.value)
 
 
 async def test_cancelled_and_failed_jobs_give_the_budget_back(services: Services, settings) -> None:  # type: ignore[no-untyped-def]
     await services.admin.set_quota(guild_id=GUILD, actor_id=1, images_per_day=1)
-    job = await services.jobs.submit(ImagineRequest("a fox", guild_id=GUILD, user_id=USER))
+    job = await services.jobs.submit(ImagineRequest("a fox", guild_id=GUILD, user_id=USER, count=1))
     assert await services.jobs.cancel(job.id, user_id=USER) == JobStatus.CANCELLED
-    job = await services.jobs.submit(ImagineRequest("a fox", guild_id=GUILD, user_id=USER))
+    job = await services.jobs.submit(ImagineRequest("a fox", guild_id=GUILD, user_id=USER, count=1))
 
     queue = SqliteQueue(services.db, settings)
     [claimed] = await queue.claim("w")
     assert await queue.fail(claimed, "boom", retryable=False) == JobStatus.FAILED
-    await services.jobs.submit(ImagineRequest("a fox", guild_id=GUILD, user_id=USER))
-    shown = await services.admin.show_quota(guild_id=GUILD, user_id=USER)
+    await services.jobs.submit(ImagineRequest("a fox", guild_id=GUILD, user_id=USER, count=1))
+    shown = await services.admin.show_quota(guild_id=GUILD, user_id=USER, count=1)
     assert shown["used_images"] == 1 and shown["images_left"] == 0
 
 
@@ -101,36 +101,36 @@ async def test_most_generous_role_wins_and_a_member_override_beats_roles(service
 
 async def test_concurrent_job_cap_and_cooldown(services: Services) -> None:
     await services.admin.set_quota(guild_id=GUILD, actor_id=1, max_concurrent=1)
-    await services.jobs.submit(ImagineRequest("a fox", guild_id=GUILD, user_id=USER))
+    await services.jobs.submit(ImagineRequest("a fox", guild_id=GUILD, user_id=USER, count=1))
     with pytest.raises(QuotaExceeded, match="waiting or running"):
-        await services.jobs.submit(ImagineRequest("a fox", guild_id=GUILD, user_id=USER))
+        await services.jobs.submit(ImagineRequest("a fox", guild_id=GUILD, user_id=USER, count=1))
 
     await services.admin.set_quota(guild_id=GUILD, actor_id=1, max_concurrent=-1, cooldown_seconds=3600)
     with pytest.raises(QuotaExceeded, match="Slow down"):
-        await services.jobs.submit(ImagineRequest("a fox", guild_id=GUILD, user_id=USER))
+        await services.jobs.submit(ImagineRequest("a fox", guild_id=GUILD, user_id=USER, count=1))
 
 
 async def test_invalid_and_refused_requests_leave_nothing_behind(services: Services) -> None:
     await services.admin.configure(guild_id=GUILD, actor_id=1, banned_words=["clown"])
     for request, error in [
-        (ImagineRequest("", guild_id=GUILD, user_id=USER), InvalidRequest),
-        (ImagineRequest("a fox", guild_id=GUILD, user_id=USER, width=4000), InvalidRequest),
-        (ImagineRequest("a fox", guild_id=GUILD, user_id=USER, steps=0), InvalidRequest),
-        (ImagineRequest("a fox --seed -4", guild_id=GUILD, user_id=USER), InvalidRequest),
-        (ImagineRequest("a sad clown", guild_id=GUILD, user_id=USER), PolicyRefused),
+        (ImagineRequest("", guild_id=GUILD, user_id=USER, count=1), InvalidRequest),
+        (ImagineRequest("a fox", guild_id=GUILD, user_id=USER, count=1, width=4000), InvalidRequest),
+        (ImagineRequest("a fox", guild_id=GUILD, user_id=USER, count=1, steps=0), InvalidRequest),
+        (ImagineRequest("a fox --seed -4", guild_id=GUILD, user_id=USER, count=1), InvalidRequest),
+        (ImagineRequest("a sad clown", guild_id=GUILD, user_id=USER, count=1), PolicyRefused),
     ]:
         with pytest.raises(error):
             await services.jobs.submit(request)
     assert await _count_jobs(services) == 0
-    shown = await services.admin.show_quota(guild_id=GUILD, user_id=USER)
+    shown = await services.admin.show_quota(guild_id=GUILD, user_id=USER, count=1)
     assert shown["used_images"] == 0
 
 
 async def test_banned_member_is_refused_and_admin_changes_are_audited(services: Services) -> None:
     await services.admin.set_banned(guild_id=GUILD, actor_id=1, user_id=USER, banned=True)
     with pytest.raises(PolicyRefused, match="not allowed"):
-        await services.jobs.submit(ImagineRequest("a fox", guild_id=GUILD, user_id=USER))
+        await services.jobs.submit(ImagineRequest("a fox", guild_id=GUILD, user_id=USER, count=1))
     await services.admin.set_banned(guild_id=GUILD, actor_id=1, user_id=USER, banned=False)
-    await services.jobs.submit(ImagineRequest("a fox", guild_id=GUILD, user_id=USER))
+    await services.jobs.submit(ImagineRequest("a fox", guild_id=GUILD, user_id=USER, count=1))
     actions = [entry.action for entry in await services.admin.audit_log(GUILD)]
     assert actions == ["unban", "ban"]

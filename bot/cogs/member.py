@@ -1,0 +1,153 @@
+"""A member's own tools: /settings, /info, /restyle, /upscale, and a server's /stats."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.cogs.common import reply_error, request_from
+from bot.cogs.imagine import submit_and_track
+from bot.cogs.results import job_parameters
+from bot.errors import AtelierError, InvalidRequest
+from bot.services.delivery import DEFAULT_UPLOAD_LIMIT
+from bot.services.inline import parse_aspect
+from bot.services.models import profile_for
+from bot.services.stats import guild_stats
+from bot.services.uploads import save_upload
+
+if TYPE_CHECKING:
+    from bot.app import AtelierBot
+
+log = logging.getLogger(__name__)
+
+
+class MemberCog(commands.Cog):
+    def __init__(self, bot: AtelierBot) -> None:
+        self.bot = bot
+
+    @app_commands.command(name="settings", description="Your defaults for /imagine")
+    @app_commands.describe(aspect="For example 16:9", count="Images per request (1–4)", raw="Skip prompt expansion")
+    @app_commands.guild_only()
+    async def settings(
+        self,
+        interaction: discord.Interaction,
+        style: str | None = None,
+        aspect: str | None = None,
+        raw: bool | None = None,
+        count: app_commands.Range[int, 1, 4] | None = None,
+    ) -> None:
+        try:
+            if aspect is not None:
+                parse_aspect(aspect)
+            prefs = await self.bot.services.jobs.set_preferences(
+                interaction.guild_id or 0, interaction.user.id, style=style, aspect=aspect, raw=raw, count=count
+            )
+        except AtelierError as error:
+            await reply_error(interaction, str(error))
+            return
+        shown = ", ".join(f"{k}: {v}" for k, v in sorted(prefs.items())) or "none (server defaults)"
+        await interaction.response.send_message(f"Your defaults: {shown}", ephemeral=True)
+
+    @app_commands.command(name="info", description="Full parameters of a result, to reproduce it")
+    async def info(self, interaction: discord.Interaction, job_id: str) -> None:
+        try:
+            job = await self.bot.services.jobs.get(job_id.strip())
+        except AtelierError as error:
+            await reply_error(interaction, str(error))
+            return
+        await interaction.response.send_message(
+            f"```json\n{json.dumps(job_parameters(job), indent=1)}\n```", ephemeral=True
+        )
+
+    async def _from_attachment(
+        self, interaction: discord.Interaction, image: discord.Attachment, prompt: str, **options: object
+    ) -> None:
+        limit = interaction.guild.filesize_limit if interaction.guild else DEFAULT_UPLOAD_LIMIT
+        # Checked before anything is downloaded or queued.
+        if image.size > limit:
+            await reply_error(
+                interaction, f"The image is {image.size / 2**20:.1f} MiB; the limit is {limit / 2**20:.0f} MiB."
+            )
+            return
+        if image.content_type and not image.content_type.startswith("image/"):
+            await reply_error(interaction, "Attach a PNG, JPEG or WebP image.")
+            return
+        await interaction.response.defer(thinking=True)
+        settings = self.bot.settings
+        try:
+            data = await image.read()
+            profile = profile_for(settings.image_model)
+            path, width, height = save_upload(
+                data,
+                settings.data_dir / "uploads",
+                byte_limit=limit,
+                max_side=min(settings.max_side, profile.side * 2),
+                multiple=profile.multiple,
+            )
+        except (AtelierError, discord.HTTPException) as error:
+            await reply_error(
+                interaction, str(error) if isinstance(error, AtelierError) else "Could not read the attachment."
+            )
+            return
+        request = request_from(
+            interaction, prompt, init_image=str(path), width=width, height=height, count=1, **options
+        )
+        await submit_and_track(self.bot, interaction, request)
+
+    @app_commands.command(name="restyle", description="Redraw your image in another style")
+    @app_commands.describe(style="A style preset or a description", strength="How much to change (0.1–1)")
+    @app_commands.guild_only()
+    async def restyle(
+        self,
+        interaction: discord.Interaction,
+        image: discord.Attachment,
+        style: app_commands.Range[str, 1, 300],
+        strength: app_commands.Range[float, 0.1, 1.0] = 0.6,
+    ) -> None:
+        from bot.services.expansion import STYLES
+
+        preset = style.strip().lower()
+        if preset in STYLES:
+            await self._from_attachment(
+                interaction, image, f"in {preset} style", kind="img2img", strength=strength, style=preset
+            )
+        else:
+            await self._from_attachment(interaction, image, style, kind="img2img", strength=strength, raw=True)
+
+    @app_commands.command(name="upscale", description="Enlarge and enhance an image")
+    @app_commands.guild_only()
+    async def upscale(self, interaction: discord.Interaction, image: discord.Attachment) -> None:
+        if image.width and image.height:
+            try:
+                self.bot.services.jobs.upscaled_size(image.width, image.height, self.bot.settings.image_model)
+            except InvalidRequest as error:
+                await reply_error(interaction, str(error))
+                return
+        await self._from_attachment(interaction, image, "high detail, sharp focus", kind="upscale", raw=True)
+
+    @app_commands.command(name="stats", description="This server's images, top-rated results and averages")
+    @app_commands.guild_only()
+    async def stats(self, interaction: discord.Interaction) -> None:
+        await interaction.response.defer(ephemeral=True)
+        stats = await guild_stats(self.bot.services.db, interaction.guild_id or 0)
+        embed = discord.Embed(title="Atelier on this server (last 7 days)")
+        per_day = "\n".join(f"{day}: {n}" for day, n in stats["images_per_day"].items()) or "no images yet"
+        embed.add_field(name="Images per day", value=per_day, inline=False)
+        top = (
+            "\n".join(f"{t['average']}★ ({t['ratings']}) {t['prompt'][:60]}" for t in stats["top_rated"])
+            or "no ratings yet"
+        )
+        embed.add_field(name="Top rated", value=top, inline=False)
+        for name, key in (("By style", "average_by_style"), ("By model", "average_by_model")):
+            value = "\n".join(f"{k}: {v}" for k, v in stats[key].items()) or "–"
+            embed.add_field(name=name, value=value)
+        await interaction.followup.send(embed=embed, ephemeral=True)
+
+
+async def setup(bot: AtelierBot) -> None:
+    await bot.add_cog(MemberCog(bot))

@@ -1,0 +1,59 @@
+"""Members' attachments, checked before anything is queued: type, size, dimensions, decompression bombs."""
+
+from __future__ import annotations
+
+import io
+import logging
+import uuid
+import warnings
+from pathlib import Path
+
+from PIL import Image
+
+from bot.errors import InvalidRequest
+
+log = logging.getLogger(__name__)
+
+ALLOWED_FORMATS = {"PNG", "JPEG", "WEBP"}
+MAX_PIXELS = 4096 * 4096
+MIN_SIDE = 64
+
+
+def save_upload(
+    data: bytes, uploads_dir: Path, *, byte_limit: int, max_side: int, multiple: int = 8
+) -> tuple[Path, int, int]:
+    """Validate an image and store it as PNG at a size the model takes; returns (path, width, height)."""
+    if len(data) > byte_limit:
+        raise InvalidRequest(f"The image is {len(data) / 2**20:.1f} MiB; the limit is {byte_limit / 2**20:.0f} MiB.")
+    try:
+        with warnings.catch_warnings():
+            # Pillow only warns between its limit and twice it; treat any bomb warning as an error.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as probe:
+                image_format = probe.format
+                width, height = probe.size
+                if image_format not in ALLOWED_FORMATS:
+                    raise InvalidRequest("Attach a PNG, JPEG or WebP image.")
+                if width * height > MAX_PIXELS:
+                    raise InvalidRequest(f"The image is {width}×{height}; at most {MAX_PIXELS // 10**6} megapixels.")
+                if min(width, height) < MIN_SIDE:
+                    raise InvalidRequest(
+                        f"The image is {width}×{height}; each side must be at least {MIN_SIDE} pixels."
+                    )
+                probe.load()
+                image = probe.convert("RGB")
+    except InvalidRequest:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise InvalidRequest("That image expands to far too many pixels.") from None
+    except Exception:
+        raise InvalidRequest("That file is not an image Atelier can read.") from None
+    scale = min(1.0, max_side / max(image.size))
+    new_width = max(multiple, int(image.width * scale) // multiple * multiple)
+    new_height = max(multiple, int(image.height * scale) // multiple * multiple)
+    if (new_width, new_height) != image.size:
+        image = image.resize((new_width, new_height), Image.Resampling.LANCZOS)
+    uploads_dir.mkdir(parents=True, exist_ok=True)
+    path = uploads_dir / f"{uuid.uuid4().hex}.png"
+    image.save(path, format="PNG")
+    return path, new_width, new_height
