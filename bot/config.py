@@ -58,6 +58,11 @@ class Settings(BaseSettings):
     expansion_model: str = "Qwen/Qwen2.5-1.5B-Instruct"
     expansion_quantization: str = "nf4"
 
+    # An image-classification model (hub id or directory; "tiny" for the offline one) that scores
+    # results for NSFW content. Off by default.
+    safety_model: str | None = None
+    safety_threshold: float = 0.5
+
     default_images_per_day: int = 50
     max_side: int = 1024
     max_steps: int = 50

@@ -16,7 +16,7 @@ from discord.ext import commands
 from bot.cogs.common import reply_error, request_from
 from bot.db.models import Job
 from bot.errors import AtelierError
-from bot.services.delivery import DEFAULT_UPLOAD_LIMIT, fit_upload, grid
+from bot.services.delivery import DEFAULT_UPLOAD_LIMIT, blur, fit_upload, flagged_action, grid
 
 if TYPE_CHECKING:
     from bot.app import AtelierBot
@@ -68,7 +68,7 @@ async def deliver_job(bot: AtelierBot, job: Job) -> None:
     """Post one ended job: to the interaction while its token lives, else to the channel."""
     pending = bot.pending_replies.pop(job.id, None)
     try:
-        kwargs = await _message_for(job, upload_limit=_upload_limit(bot, job))
+        kwargs = await _message_for(job, upload_limit=_upload_limit(bot, job), action=await _flagged_action(bot, job))
         message = None
         if pending is not None and pending.usable:
             message = await _send_followup(pending.interaction, job, kwargs)
@@ -100,17 +100,33 @@ async def _send_followup(interaction: discord.Interaction, job: Job, kwargs: dic
     return message
 
 
+async def _flagged_action(bot: AtelierBot, job: Job) -> str:
+    guild = await bot.services.jobs.guild(job.guild_id)
+    channel = bot.get_channel(job.channel_id) if job.channel_id else None
+    return flagged_action(
+        job,
+        threshold=bot.settings.safety_threshold,
+        guild_allows_nsfw=bool(guild and guild.nsfw_policy == "allow"),
+        channel_nsfw=bool(getattr(channel, "nsfw", False)),
+        action=guild.flagged_images if guild else "blur",
+    )
+
+
 def _upload_limit(bot: AtelierBot, job: Job) -> int:
     guild = bot.get_guild(job.guild_id)
     return guild.filesize_limit if guild is not None else DEFAULT_UPLOAD_LIMIT
 
 
-async def _message_for(job: Job, *, upload_limit: int) -> dict[str, Any]:
+async def _message_for(job: Job, *, upload_limit: int, action: str = "show") -> dict[str, Any]:
     if job.status != "succeeded":
         reason = "was cancelled" if job.status == "cancelled" else f"failed: {job.error or 'unknown error'}"
         return {"content": f"Your image for “{job.prompt[:200]}” {reason}. Nothing was charged."}
     pngs = await _read_images(job)
     png = pngs[0] if len(pngs) == 1 else await asyncio.to_thread(grid, pngs)
+    if action == "withhold":
+        return {"content": f"Your image for “{job.prompt[:200]}” was withheld by this server's image filter."}
+    if action == "blur":
+        png = await asyncio.to_thread(blur, png)
     attachment = await asyncio.to_thread(fit_upload, png, job.id, upload_limit)
     embed = result_embed(job)
     embed.set_image(url=f"attachment://{attachment.filename}")

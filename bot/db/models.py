@@ -62,6 +62,8 @@ class Guild(Base):
     default_style: Mapped[str | None] = mapped_column(String(40))
     expansion_mode: Mapped[str | None] = mapped_column(String(20))
     nsfw_policy: Mapped[str] = mapped_column(String(20), default="block")
+    # What happens to a result the image classifier flags outside an allowed NSFW channel.
+    flagged_images: Mapped[str] = mapped_column(String(20), default="blur")
     allowed_channels: Mapped[list[int]] = mapped_column(JSON, default=list)
     allowed_models: Mapped[list[str]] = mapped_column(JSON, default=list)
     banned_words: Mapped[list[str]] = mapped_column(JSON, default=list)
@@ -148,6 +150,8 @@ class Image(Base):
     height: Mapped[int] = mapped_column(Integer)
     size_bytes: Mapped[int] = mapped_column(Integer)
     sha256: Mapped[str] = mapped_column(String(64))
+    # Probability of NSFW content from the optional image classifier; None when none is configured.
+    nsfw_score: Mapped[float | None] = mapped_column(Float)
     message_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 

@@ -75,6 +75,7 @@ async def record_success(
                 height=image.height,
                 size_bytes=len(image.png),
                 sha256=hashlib.sha256(image.png).hexdigest(),
+                nsfw_score=image.nsfw_score,
             )
         )
     await session.execute(

@@ -123,6 +123,7 @@ class AdminService:
             "allowed_models",
             "banned_words",
             "rating_emojis",
+            "flagged_images",
         }
         changes = {k: v for k, v in changes.items() if v is not None}
         unknown = set(changes) - allowed
@@ -130,6 +131,8 @@ class AdminService:
             raise InvalidRequest(f"Unknown setting(s): {', '.join(sorted(unknown))}.")
         if "nsfw_policy" in changes and changes["nsfw_policy"] not in NSFW_POLICIES:
             raise InvalidRequest(f"nsfw_policy is one of {', '.join(NSFW_POLICIES)}.")
+        if "flagged_images" in changes and changes["flagged_images"] not in ("blur", "withhold"):
+            raise InvalidRequest("flagged_images is blur or withhold.")
         if "expansion_mode" in changes and changes["expansion_mode"] not in EXPANSION_MODES:
             raise InvalidRequest(f"expansion_mode is one of {', '.join(EXPANSION_MODES)}.")
         for name in ("max_side", "max_steps", "grid_size"):

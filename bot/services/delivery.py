@@ -55,6 +55,25 @@ def grid(pngs: list[bytes]) -> bytes:
     return buffer.getvalue()
 
 
+def blur(png: bytes) -> bytes:
+    """Heavy enough that nothing is recognisable; members can still ask an admin to review."""
+    from PIL import ImageFilter
+
+    with PILImage.open(io.BytesIO(png)) as image:
+        blurred = image.convert("RGB").filter(ImageFilter.GaussianBlur(radius=max(8, image.width // 12)))
+    buffer = io.BytesIO()
+    blurred.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def flagged_action(job: Job, *, threshold: float, guild_allows_nsfw: bool, channel_nsfw: bool, action: str) -> str:
+    """ "show", "blur" or "withhold" for a finished job, from the classifier's scores and the policy."""
+    scores = [image.nsfw_score for image in job.images if image.nsfw_score is not None]
+    if not scores or max(scores) < threshold or (guild_allows_nsfw and channel_nsfw):
+        return "show"
+    return "withhold" if action == "withhold" else "blur"
+
+
 class DeliveryService:
     def __init__(self, database: Database) -> None:
         self.db = database

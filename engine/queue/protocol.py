@@ -56,6 +56,7 @@ class GeneratedImage:
     png: bytes
     width: int
     height: int
+    nsfw_score: float | None = None
 
 
 @dataclass

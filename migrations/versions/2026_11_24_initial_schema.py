@@ -1,8 +1,8 @@
 """initial schema
 
-Revision ID: d7deb6573dd9
+Revision ID: 0ef7ed21182f
 Revises:
-Create Date: 2026-11-24 14:13:21.179731
+Create Date: 2026-11-24 14:36:24.562185
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "d7deb6573dd9"
+revision: str = "0ef7ed21182f"
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
@@ -48,6 +48,7 @@ def upgrade() -> None:
         sa.Column("default_style", sa.String(length=40), nullable=True),
         sa.Column("expansion_mode", sa.String(length=20), nullable=True),
         sa.Column("nsfw_policy", sa.String(length=20), nullable=False),
+        sa.Column("flagged_images", sa.String(length=20), nullable=False),
         sa.Column("allowed_channels", sa.JSON(), nullable=False),
         sa.Column("allowed_models", sa.JSON(), nullable=False),
         sa.Column("banned_words", sa.JSON(), nullable=False),
@@ -157,6 +158,7 @@ def upgrade() -> None:
         sa.Column("height", sa.Integer(), nullable=False),
         sa.Column("size_bytes", sa.Integer(), nullable=False),
         sa.Column("sha256", sa.String(length=64), nullable=False),
+        sa.Column("nsfw_score", sa.Float(), nullable=True),
         sa.Column("message_id", sa.BigInteger(), nullable=True),
         sa.Column("created_at", sa.DateTime(), nullable=False),
         sa.ForeignKeyConstraint(["job_id"], ["jobs.id"], name=op.f("fk_images_job_id_jobs"), ondelete="CASCADE"),
