@@ -406,20 +406,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
 
-    _add_optional_commands(sub, common)
+    _add_feature_commands(sub, common)
     return parser
 
 
-def _add_optional_commands(sub: Any, common: Any) -> None:
-    """Commands whose code lives in its own module, registered when present."""
-    try:
-        from bot.services.expansion.cli import add_expand_arguments, run_expand
-    except ImportError:
-        return
+def _add_feature_commands(sub: Any, common: Any) -> None:
+    """Commands whose code lives with the feature it drives."""
+    from bot.services.expansion.cli import (
+        add_bench_expand_arguments,
+        add_expand_arguments,
+        run_bench_expand,
+        run_expand,
+    )
+
     p = sub.add_parser("expand", help="expand a prompt as /imagine would")
     common(p)
     add_expand_arguments(p)
     p.set_defaults(func=run_expand)
+
+    bench = sub.add_parser("bench", help="benchmarks that print JSON").add_subparsers(dest="bench", required=True)
+    p = bench.add_parser("expand", help="expansion LLM latency and tokens/s")
+    common(p)
+    add_bench_expand_arguments(p)
+    p.set_defaults(func=run_bench_expand)
 
 
 def main(argv: list[str] | None = None) -> int:

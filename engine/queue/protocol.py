@@ -36,7 +36,16 @@ class JobParams:
     @property
     def batch_key(self) -> tuple[Any, ...]:
         """Jobs that agree on this can share one pipeline call."""
-        return (self.kind, self.model, self.width, self.height, self.steps, self.guidance, self.scheduler, self.strength)
+        return (
+            self.kind,
+            self.model,
+            self.width,
+            self.height,
+            self.steps,
+            self.guidance,
+            self.scheduler,
+            self.strength,
+        )
 
 
 @dataclass(frozen=True)

@@ -84,7 +84,7 @@ async def test_cancelled_and_failed_jobs_give_the_budget_back(services: Services
     [claimed] = await queue.claim("w")
     assert await queue.fail(claimed, "boom", retryable=False) == JobStatus.FAILED
     await services.jobs.submit(ImagineRequest("a fox", guild_id=GUILD, user_id=USER, count=1))
-    shown = await services.admin.show_quota(guild_id=GUILD, user_id=USER, count=1)
+    shown = await services.admin.show_quota(guild_id=GUILD, user_id=USER)
     assert shown["used_images"] == 1 and shown["images_left"] == 0
 
 
@@ -122,7 +122,7 @@ async def test_invalid_and_refused_requests_leave_nothing_behind(services: Servi
         with pytest.raises(error):
             await services.jobs.submit(request)
     assert await _count_jobs(services) == 0
-    shown = await services.admin.show_quota(guild_id=GUILD, user_id=USER, count=1)
+    shown = await services.admin.show_quota(guild_id=GUILD, user_id=USER)
     assert shown["used_images"] == 0
 
 

@@ -61,3 +61,39 @@ def test_compute_units_are_megapixels_times_steps_times_images() -> None:
     assert compute_units(params) == 4.0
     upscale = JobParams(**{**params.to_dict(), "kind": "upscale"})
     assert compute_units(upscale) == 2.0
+
+
+def _job_with_scores(*scores: float | None):  # type: ignore[no-untyped-def]
+    from bot.db.models import Image as ImageRow
+    from bot.db.models import Job
+
+    job = Job(id="j", prompt="p", expanded_prompt="p", model="m", width=8, height=8, steps=1, seed=1)
+    job.images = [
+        ImageRow(index=i, path="x", width=8, height=8, size_bytes=1, sha256="0", nsfw_score=s)
+        for i, s in enumerate(scores)
+    ]
+    return job
+
+
+def test_flagged_results_are_blurred_or_withheld_outside_allowed_nsfw_channels() -> None:
+    from bot.services.delivery import flagged_action
+
+    policy = {"threshold": 0.5, "guild_allows_nsfw": False, "channel_nsfw": False, "action": "blur"}
+    assert flagged_action(_job_with_scores(0.1, 0.2), **policy) == "show"
+    assert flagged_action(_job_with_scores(None), **policy) == "show"  # no classifier configured
+    assert flagged_action(_job_with_scores(0.1, 0.9), **policy) == "blur"
+    assert flagged_action(_job_with_scores(0.9), **{**policy, "action": "withhold"}) == "withhold"
+    assert flagged_action(_job_with_scores(0.9), **{**policy, "guild_allows_nsfw": True}) == "blur"
+    assert (
+        flagged_action(_job_with_scores(0.9), **{**policy, "guild_allows_nsfw": True, "channel_nsfw": True}) == "show"
+    )
+
+
+def test_blur_removes_detail() -> None:
+    from bot.services.delivery import blur
+
+    png = _noise_png(96)
+    with Image.open(io.BytesIO(blur(png))) as blurred:
+        pixels = np.asarray(blurred, dtype=np.float32)
+    with Image.open(io.BytesIO(png)) as original:
+        assert pixels.std() < np.asarray(original, dtype=np.float32).std() / 4

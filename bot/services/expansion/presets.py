@@ -1,0 +1,274 @@
+"""Curated style presets: the deterministic expander, good on its own and the LLM's fallback."""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass, field
+
+# Subject categories pick modifiers that suit what is drawn: a portrait wants different light
+# and framing than a landscape.
+SUBJECT_KEYWORDS: dict[str, tuple[str, ...]] = {
+    "portrait": (
+        "man",
+        "woman",
+        "girl",
+        "boy",
+        "person",
+        "portrait",
+        "face",
+        "child",
+        "king",
+        "queen",
+        "knight",
+        "warrior",
+        "wizard",
+        "witch",
+        "old",
+        "lady",
+        "people",
+        "character",
+    ),
+    "animal": (
+        "cat",
+        "dog",
+        "fox",
+        "bird",
+        "horse",
+        "wolf",
+        "owl",
+        "lion",
+        "tiger",
+        "bear",
+        "dragon",
+        "deer",
+        "rabbit",
+        "fish",
+        "whale",
+        "animal",
+        "kitten",
+        "puppy",
+        "butterfly",
+    ),
+    "landscape": (
+        "mountain",
+        "forest",
+        "lake",
+        "sea",
+        "ocean",
+        "river",
+        "valley",
+        "desert",
+        "field",
+        "beach",
+        "snow",
+        "sky",
+        "sunset",
+        "sunrise",
+        "island",
+        "waterfall",
+        "cliff",
+        "landscape",
+        "meadow",
+    ),
+    "architecture": (
+        "castle",
+        "city",
+        "street",
+        "house",
+        "building",
+        "tower",
+        "temple",
+        "church",
+        "bridge",
+        "lighthouse",
+        "village",
+        "room",
+        "interior",
+        "cathedral",
+        "ruins",
+        "skyline",
+    ),
+    "food": ("cake", "coffee", "tea", "bread", "fruit", "soup", "pizza", "sushi", "dessert", "food", "meal"),
+    "vehicle": ("car", "ship", "boat", "train", "plane", "spaceship", "bicycle", "motorcycle", "airship"),
+}
+
+COMMON_NEGATIVE = "blurry, low quality, jpeg artifacts, watermark, signature, text, deformed"
+
+
+@dataclass(frozen=True)
+class StylePreset:
+    name: str
+    description: str
+    modifiers: tuple[str, ...]
+    subject_modifiers: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    negative: str = COMMON_NEGATIVE
+
+
+def _preset(name: str, description: str, modifiers: str, negative: str = "", **subjects: str) -> StylePreset:
+    return StylePreset(
+        name=name,
+        description=description,
+        modifiers=tuple(m.strip() for m in modifiers.split(";")),
+        subject_modifiers={k: tuple(m.strip() for m in v.split(";")) for k, v in subjects.items()},
+        negative=", ".join(filter(None, (COMMON_NEGATIVE, negative))),
+    )
+
+
+STYLES: dict[str, StylePreset] = {
+    p.name: p
+    for p in (
+        _preset(
+            "photographic",
+            "a natural photograph",
+            "professional photograph; sharp focus; natural colors; high detail; realistic textures",
+            "cartoon, illustration, painting, 3d render",
+            portrait="85mm lens, shallow depth of field; soft window light; catchlight in the eyes",
+            animal="telephoto lens; wildlife photography; detailed fur and feathers",
+            landscape="wide angle lens; golden hour light; dramatic sky; sweeping vista",
+            architecture="architectural photography; clean lines; balanced symmetry",
+            food="food photography; overhead shot; soft diffused light; shallow depth of field",
+            vehicle="automotive photography; reflections; motion blur background",
+        ),
+        _preset(
+            "cinematic",
+            "a still from a film",
+            "cinematic still; dramatic lighting; anamorphic lens; film grain; color graded; epic composition",
+            "flat lighting, amateur",
+            portrait="moody rim light; close-up; shallow depth of field",
+            landscape="wide establishing shot; volumetric fog; god rays",
+            architecture="low angle; neon reflections on wet pavement",
+            animal="backlit silhouette; atmospheric haze",
+        ),
+        _preset(
+            "anime",
+            "Japanese animation",
+            "anime style; clean line art; vibrant cel shading; detailed background; studio quality",
+            "photorealistic, 3d, realistic photo",
+            portrait="expressive eyes; dynamic pose; soft blush",
+            landscape="lush painted sky; fluffy clouds; summer atmosphere",
+            architecture="detailed cityscape; warm evening lights",
+            animal="cute; big expressive eyes",
+        ),
+        _preset(
+            "oil painting",
+            "a classical oil painting",
+            "oil painting on canvas; visible brushstrokes; rich pigments; chiaroscuro; museum quality",
+            "photo, digital art, 3d render",
+            portrait="Rembrandt lighting; dark background; classical portrait",
+            landscape="romanticism; luminous sky; impasto highlights",
+            food="still life; Dutch golden age; candlelight",
+        ),
+        _preset(
+            "watercolor",
+            "a watercolor painting",
+            "watercolor painting; soft washes; bleeding edges; paper texture; delicate colors",
+            "photo, harsh lines, 3d render",
+            landscape="loose wet-on-wet sky; misty distance",
+            portrait="gentle pastel tones; expressive loose strokes",
+            animal="white background; botanical illustration style",
+        ),
+        _preset(
+            "pixel art",
+            "retro pixel art",
+            "pixel art; 16-bit; limited palette; crisp pixels; retro video game style",
+            "blurry, smooth gradients, photo, anti-aliasing",
+            landscape="parallax background; sunset palette",
+            portrait="character sprite; front view",
+            architecture="isometric; cozy details",
+        ),
+        _preset(
+            "3d render",
+            "a polished 3D render",
+            "3d render; octane render; global illumination; subsurface scattering; highly detailed; studio lighting",
+            "2d, flat, sketch, painting",
+            portrait="stylized character; soft studio light",
+            vehicle="product shot; glossy reflections; turntable view",
+            food="macro; glossy highlights",
+        ),
+        _preset(
+            "fantasy",
+            "epic fantasy art",
+            "fantasy art; epic; intricate details; magical atmosphere; glowing accents; concept art",
+            "modern, mundane, photo",
+            landscape="towering peaks; floating islands; ethereal light",
+            portrait="ornate armor; flowing cape; heroic pose",
+            architecture="ancient ruins; overgrown with vines; mystical glow",
+            animal="majestic; mythical creature",
+        ),
+        _preset(
+            "sketch",
+            "a pencil sketch",
+            "pencil sketch; graphite; cross-hatching; loose construction lines; sketchbook page",
+            "color, photo, 3d render",
+        ),
+        _preset(
+            "comic",
+            "a comic book panel",
+            "comic book art; bold ink outlines; halftone shading; dynamic composition; vivid flat colors",
+            "photo, blurry, 3d render",
+            portrait="action pose; dramatic foreshortening",
+        ),
+        _preset(
+            "isometric",
+            "an isometric diorama",
+            "isometric view; tiny diorama; tilt-shift; clean geometry; soft shadows; miniature",
+            "perspective distortion, blurry",
+        ),
+        _preset(
+            "cyberpunk",
+            "neon-lit cyberpunk",
+            "cyberpunk; neon lights; rain-soaked streets; holograms; high contrast; futuristic",
+            "daylight, rustic, medieval",
+            portrait="cybernetic implants; reflective visor; neon rim light",
+            architecture="towering megastructures; glowing signs",
+        ),
+    )
+}
+
+DEFAULT_STYLE = "photographic"
+
+
+def find_style(name: str | None) -> StylePreset:
+    if name is None:
+        return STYLES[DEFAULT_STYLE]
+    key = name.strip().lower().replace("_", " ").replace("-", " ")
+    if key in ("3d", "render"):
+        key = "3d render"
+    if key not in STYLES:
+        raise ValueError(f"Unknown style “{name}”. Styles: {', '.join(sorted(STYLES))}.")
+    return STYLES[key]
+
+
+def subjects_of(prompt: str) -> list[str]:
+    words = set(re.findall(r"[a-z]+", prompt.lower()))
+    found = []
+    for category, keywords in SUBJECT_KEYWORDS.items():
+        if any(k in words or k + "s" in words for k in keywords):
+            found.append(category)
+    return found
+
+
+def preset_details(prompt: str, style: StylePreset, seed: int) -> list[str]:
+    """The style's phrases, with subject-aware ones first; which and in what order is seeded."""
+    rng = random.Random(f"{style.name}:{seed}")
+    subject_phrases: list[str] = []
+    for category in subjects_of(prompt):
+        subject_phrases += style.subject_modifiers.get(category, ())
+    rng.shuffle(subject_phrases)
+    general = list(style.modifiers)
+    # Keep the style's defining first phrase in front; vary the rest.
+    head, rest = general[:1], general[1:]
+    rng.shuffle(rest)
+    return head + subject_phrases[:2] + rest
+
+
+def merge_negative(style_negative: str, member_negative: str | None) -> str:
+    """Member's terms first (they matter most to them), then the style's, without duplicates."""
+    terms: list[str] = []
+    for part in (member_negative or "", style_negative):
+        for term in part.split(","):
+            term = term.strip()
+            if term and term.lower() not in {t.lower() for t in terms}:
+                terms.append(term)
+    return ", ".join(terms)
