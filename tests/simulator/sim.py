@@ -1,0 +1,894 @@
+"""State, gateway and REST of the local Discord simulator, plus the driver API tests use.
+
+It speaks just enough of Discord's protocol (API v10, JSON text frames) for discord.py's own client,
+and keeps what happened: messages with their attachments, embeds and components, reactions, and every
+REST call with its time, so tests can assert on deadlines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+log = logging.getLogger(__name__)
+
+MANAGE_GUILD = 1 << 5
+ADMINISTRATOR = 1 << 3
+EVERYONE_PERMISSIONS = (
+    (1 << 10) | (1 << 11) | (1 << 15) | (1 << 16) | (1 << 6) | (1 << 31)
+)  # view, send, attach, history, react, use commands
+TOKEN_LIFETIME = 15 * 60
+EPHEMERAL = 1 << 6
+OPTION_TYPES = {"str": 3, "int": 4, "bool": 5, "float": 10}
+
+_ids = itertools.count(1_100_000_000_000_000_000)
+
+
+def snowflake() -> int:
+    return next(_ids)
+
+
+def _iso(moment: float | None = None) -> str:
+    return datetime.fromtimestamp(moment or time.time(), UTC).isoformat()
+
+
+@dataclass
+class Call:
+    at: float
+    method: str
+    path: str
+    status: int
+    body: Any
+
+
+@dataclass
+class Attachment:
+    id: int
+    filename: str
+    data: bytes
+    content_type: str
+
+
+@dataclass
+class MessageState:
+    id: int
+    channel_id: int
+    guild_id: int | None
+    author: dict[str, Any]
+    content: str = ""
+    embeds: list[dict[str, Any]] = field(default_factory=list)
+    components: list[dict[str, Any]] = field(default_factory=list)
+    attachments: list[Attachment] = field(default_factory=list)
+    flags: int = 0
+    interaction_id: int | None = None
+    deleted: bool = False
+    reactions: dict[str, set[int]] = field(default_factory=dict)
+    webhook_id: int | None = None
+
+    @property
+    def ephemeral(self) -> bool:
+        return bool(self.flags & EPHEMERAL)
+
+    @property
+    def custom_ids(self) -> list[str]:
+        return [c["custom_id"] for row in self.components for c in row.get("components", []) if "custom_id" in c]
+
+    def to_dict(self, base_url: str) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "id": str(self.id),
+            "channel_id": str(self.channel_id),
+            "author": self.author,
+            "content": self.content,
+            "timestamp": _iso(),
+            "edited_timestamp": None,
+            "tts": False,
+            "mention_everyone": False,
+            "mentions": [],
+            "mention_roles": [],
+            "attachments": [
+                {
+                    "id": str(a.id),
+                    "filename": a.filename,
+                    "size": len(a.data),
+                    "url": f"{base_url}/attachments/{a.id}/{a.filename}",
+                    "proxy_url": f"{base_url}/attachments/{a.id}/{a.filename}",
+                    "content_type": a.content_type,
+                }
+                for a in self.attachments
+            ],
+            "embeds": self.embeds,
+            "components": self.components,
+            "pinned": False,
+            "type": 0,
+            "flags": self.flags,
+        }
+        if self.guild_id:
+            data["guild_id"] = str(self.guild_id)
+        if self.webhook_id:
+            data["webhook_id"] = str(self.webhook_id)
+        return data
+
+
+@dataclass
+class ChannelState:
+    sim: DiscordSimulator
+    id: int
+    guild_id: int
+    name: str
+    nsfw: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": str(self.id),
+            "type": 0,
+            "guild_id": str(self.guild_id),
+            "name": self.name,
+            "position": 0,
+            "nsfw": self.nsfw,
+            "permission_overwrites": [],
+            "topic": None,
+            "last_message_id": None,
+            "rate_limit_per_user": 0,
+            "parent_id": None,
+        }
+
+    @property
+    def messages(self) -> list[MessageState]:
+        return [m for m in self.sim.messages.values() if m.channel_id == self.id and not m.deleted]
+
+    async def wait_message(
+        self, predicate: Callable[[MessageState], bool] = lambda m: True, timeout: float = 30
+    ) -> MessageState:
+        return await self.sim.wait_for(lambda: next((m for m in self.messages if predicate(m)), None), timeout)
+
+
+@dataclass
+class RoleState:
+    id: int
+    name: str
+    permissions: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": str(self.id),
+            "name": self.name,
+            "permissions": str(self.permissions),
+            "position": 0,
+            "color": 0,
+            "hoist": False,
+            "managed": False,
+            "mentionable": False,
+            "flags": 0,
+        }
+
+
+@dataclass
+class MemberState:
+    sim: DiscordSimulator
+    guild: GuildState
+    id: int
+    name: str
+    roles: list[RoleState] = field(default_factory=list)
+    bot: bool = False
+
+    @property
+    def permissions(self) -> int:
+        value = self.guild.everyone.permissions
+        for role in self.roles:
+            value |= role.permissions
+        return value
+
+    def user_dict(self) -> dict[str, Any]:
+        return {
+            "id": str(self.id),
+            "username": self.name,
+            "discriminator": "0",
+            "global_name": self.name,
+            "avatar": None,
+            "bot": self.bot,
+        }
+
+    def member_dict(self) -> dict[str, Any]:
+        return {
+            "user": self.user_dict(),
+            "roles": [str(r.id) for r in self.roles],
+            "joined_at": _iso(),
+            "deaf": False,
+            "mute": False,
+            "flags": 0,
+            "nick": None,
+            "avatar": None,
+        }
+
+    # ---------------------------------------------------------------- driving
+
+    async def slash(self, command: str, *, channel: ChannelState | None = None, **options: Any) -> InteractionRecord:
+        """Run a slash command (``"imagine"`` or ``"atelier quota set"``) as this member."""
+        return await self.sim.dispatch_command(self, command, channel or self.guild.general, options)
+
+    async def click(self, message: MessageState, custom_id: str) -> InteractionRecord:
+        if custom_id not in message.custom_ids:
+            raise AssertionError(f"{custom_id} is not a component of message {message.id}: {message.custom_ids}")
+        data = {"custom_id": custom_id, "component_type": 2}
+        return await self.sim.dispatch_interaction(
+            self, 3, data, self.sim.channels[message.channel_id], message=message
+        )
+
+    async def submit_modal(self, after: InteractionRecord, values: dict[str, str]) -> InteractionRecord:
+        modal = after.modal
+        if modal is None:
+            raise AssertionError("that interaction did not open a modal")
+        rows = [{"type": 1, "components": [{"type": 4, "custom_id": k, "value": v}]} for k, v in values.items()]
+        data = {"custom_id": modal["custom_id"], "components": rows}
+        return await self.sim.dispatch_interaction(self, 5, data, after.channel, message=after.message)
+
+    async def react(self, message: MessageState, emoji: str) -> None:
+        message.reactions.setdefault(emoji, set()).add(self.id)
+        await self.sim.dispatch(
+            "MESSAGE_REACTION_ADD",
+            self._reaction(message, emoji)
+            | {"member": self.member_dict(), "message_author_id": message.author["id"], "burst": False, "type": 0},
+        )
+
+    async def unreact(self, message: MessageState, emoji: str) -> None:
+        message.reactions.get(emoji, set()).discard(self.id)
+        await self.sim.dispatch("MESSAGE_REACTION_REMOVE", self._reaction(message, emoji) | {"burst": False, "type": 0})
+
+    def _reaction(self, message: MessageState, emoji: str) -> dict[str, Any]:
+        return {
+            "user_id": str(self.id),
+            "channel_id": str(message.channel_id),
+            "message_id": str(message.id),
+            "guild_id": str(self.guild.id),
+            "emoji": {"id": None, "name": emoji},
+        }
+
+
+@dataclass
+class GuildState:
+    sim: DiscordSimulator
+    id: int
+    name: str
+    everyone: RoleState
+    roles: list[RoleState] = field(default_factory=list)
+    channels: list[ChannelState] = field(default_factory=list)
+    members: list[MemberState] = field(default_factory=list)
+
+    @property
+    def general(self) -> ChannelState:
+        return self.channels[0]
+
+    def add_channel(self, name: str, *, nsfw: bool = False) -> ChannelState:
+        channel = ChannelState(self.sim, snowflake(), self.id, name, nsfw)
+        self.channels.append(channel)
+        self.sim.channels[channel.id] = channel
+        return channel
+
+    def add_role(self, name: str, *, permissions: int = 0) -> RoleState:
+        role = RoleState(snowflake(), name, permissions)
+        self.roles.append(role)
+        return role
+
+    def add_member(self, name: str, *, roles: list[RoleState] | None = None, bot: bool = False) -> MemberState:
+        member = MemberState(self.sim, self, snowflake(), name, list(roles or []), bot)
+        self.members.append(member)
+        return member
+
+    def to_dict(self) -> dict[str, Any]:
+        bot_member = MemberState(self.sim, self, self.sim.bot_id, "Atelier", [], True)
+        return {
+            "id": str(self.id),
+            "name": self.name,
+            "icon": None,
+            "owner_id": str(self.members[0].id if self.members else self.sim.bot_id),
+            "roles": [r.to_dict() for r in [self.everyone, *self.roles]],
+            "channels": [c.to_dict() for c in self.channels],
+            "members": [m.member_dict() for m in [bot_member, *self.members]],
+            "member_count": len(self.members) + 1,
+            "emojis": [],
+            "stickers": [],
+            "features": [],
+            "threads": [],
+            "voice_states": [],
+            "presences": [],
+            "stage_instances": [],
+            "guild_scheduled_events": [],
+            "soundboard_sounds": [],
+            "large": False,
+            "unavailable": False,
+            "premium_tier": 0,
+            "preferred_locale": "en-US",
+            "verification_level": 0,
+            "default_message_notifications": 0,
+            "explicit_content_filter": 0,
+            "mfa_level": 0,
+            "nsfw_level": 0,
+            "system_channel_flags": 0,
+            "joined_at": _iso(),
+        }
+
+
+@dataclass
+class InteractionRecord:
+    sim: DiscordSimulator
+    id: int
+    token: str
+    type: int
+    member: MemberState
+    channel: ChannelState
+    dispatched_at: float
+    created_sim_time: float
+    message: MessageState | None = None
+    callback: dict[str, Any] | None = None
+    callback_at: float | None = None
+    original: MessageState | None = None
+    followups: list[MessageState] = field(default_factory=list)
+    modal: dict[str, Any] | None = None
+
+    @property
+    def ack_seconds(self) -> float | None:
+        return None if self.callback_at is None else self.callback_at - self.dispatched_at
+
+    async def wait_ack(self, timeout: float = 10) -> dict[str, Any]:
+        return await self.sim.wait_for(lambda: self.callback, timeout)
+
+    async def wait_followup(
+        self, predicate: Callable[[MessageState], bool] = lambda m: True, timeout: float = 30
+    ) -> MessageState:
+        return await self.sim.wait_for(
+            lambda: next((m for m in self.followups if predicate(m) and not m.deleted), None), timeout
+        )
+
+    @property
+    def visible_messages(self) -> list[MessageState]:
+        messages = ([self.original] if self.original else []) + self.followups
+        return [m for m in messages if not m.deleted]
+
+
+class DiscordSimulator:
+    def __init__(self) -> None:
+        self.bot_id = snowflake()
+        self.application_id = self.bot_id
+        self.token = "simulated.bot.token"
+        self.guilds: list[GuildState] = []
+        self.channels: dict[int, ChannelState] = {}
+        self.messages: dict[int, MessageState] = {}
+        self.attachments: dict[int, Attachment] = {}
+        self.interactions: dict[str, InteractionRecord] = {}
+        self.commands: dict[int | None, list[dict[str, Any]]] = {}
+        self.calls: list[Call] = []
+        self.clock_offset = 0.0
+        self.attachment_size_limit = 10 * 1024 * 1024
+        self._sockets: list[web.WebSocketResponse] = []
+        self._sequence = 0
+        self._sessions: set[str] = set()
+        self._changed = asyncio.Condition()
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    # ---------------------------------------------------------------- lifecycle
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[self._record])
+        app.router.add_get("/", self._gateway)
+        app.router.add_get("/attachments/{id}/{filename}", self._get_attachment)
+        app.router.add_route("*", "/api/v10/{path:.*}", self._rest)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    async def stop(self) -> None:
+        for ws in list(self._sockets):
+            await ws.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def now(self) -> float:
+        """Simulated wall time: advance() moves it, so tests can expire interaction tokens."""
+        return time.monotonic() + self.clock_offset
+
+    def advance(self, seconds: float) -> None:
+        self.clock_offset += seconds
+
+    @asynccontextmanager
+    async def connect(self, client: Any, *, ready_timeout: float = 20) -> AsyncIterator[Any]:
+        """Run a discord.py client against this simulator until the block ends."""
+        import discord
+        import yarl
+
+        saved = discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
+        discord.http.Route.BASE = f"{self.base_url}/api/v10"
+        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(f"ws://127.0.0.1:{self.port}/")
+        task = asyncio.create_task(client.start(self.token))
+        try:
+            ready = asyncio.create_task(client.wait_until_ready())
+            done, _ = await asyncio.wait({ready, task}, timeout=ready_timeout, return_when=asyncio.FIRST_COMPLETED)
+            if task in done:
+                task.result()  # raises what stopped the client
+            if ready not in done:
+                ready.cancel()
+                raise TimeoutError("the client never became ready")
+            yield client
+        finally:
+            await client.close()
+            try:
+                await asyncio.wait_for(task, 10)
+            except (Exception, asyncio.CancelledError):
+                log.debug("client task ended", exc_info=True)
+            discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = saved
+
+    # ---------------------------------------------------------------- state helpers
+
+    def add_guild(self, name: str = "Atelier Test") -> GuildState:
+        guild_id = snowflake()
+        guild = GuildState(self, guild_id, name, RoleState(guild_id, "@everyone", EVERYONE_PERMISSIONS))
+        guild.add_channel("general")
+        self.guilds.append(guild)
+        return guild
+
+    def bot_user(self) -> dict[str, Any]:
+        return {
+            "id": str(self.bot_id),
+            "username": "Atelier",
+            "discriminator": "0",
+            "global_name": None,
+            "avatar": None,
+            "bot": True,
+            "flags": 0,
+            "verified": True,
+            "mfa_enabled": False,
+        }
+
+    async def _changed_notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def wait_for(self, probe: Callable[[], Any], timeout: float) -> Any:
+        async with asyncio.timeout(timeout):
+            async with self._changed:
+                while (value := probe()) is None or value is False:
+                    await self._changed.wait()
+                return value
+
+    def calls_to(self, fragment: str, method: str | None = None) -> list[Call]:
+        return [c for c in self.calls if fragment in c.path and (method is None or c.method == method)]
+
+    # ---------------------------------------------------------------- gateway
+
+    async def _gateway(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(heartbeat=None, max_msg_size=0)
+        await ws.prepare(request)
+        await ws.send_str(json.dumps({"op": 10, "d": {"heartbeat_interval": 41250}, "s": None, "t": None}))
+        try:
+            async for frame in ws:
+                if frame.type != aiohttp.WSMsgType.TEXT:
+                    continue
+                payload = json.loads(frame.data)
+                op = payload.get("op")
+                if op == 1:
+                    await ws.send_str(json.dumps({"op": 11, "d": None, "s": None, "t": None}))
+                elif op == 2:
+                    await self._identify(ws)
+                elif op == 6:
+                    if payload["d"].get("session_id") in self._sessions:
+                        self._sockets.append(ws)
+                        await self._send(ws, "RESUMED", {})
+                    else:
+                        await ws.send_str(json.dumps({"op": 9, "d": False, "s": None, "t": None}))
+        finally:
+            if ws in self._sockets:
+                self._sockets.remove(ws)
+        return ws
+
+    async def _identify(self, ws: web.WebSocketResponse) -> None:
+        session = f"session-{snowflake()}"
+        self._sessions.add(session)
+        self._sockets.append(ws)
+        await self._send(
+            ws,
+            "READY",
+            {
+                "v": 10,
+                "user": self.bot_user(),
+                "guilds": [{"id": str(g.id), "unavailable": True} for g in self.guilds],
+                "session_id": session,
+                "resume_gateway_url": f"ws://127.0.0.1:{self.port}/",
+                "application": {"id": str(self.application_id), "flags": 0},
+                "private_channels": [],
+                "relationships": [],
+            },
+        )
+        for guild in self.guilds:
+            await self._send(ws, "GUILD_CREATE", guild.to_dict())
+
+    async def _send(self, ws: web.WebSocketResponse, event: str, data: dict[str, Any]) -> None:
+        self._sequence += 1
+        await ws.send_str(json.dumps({"op": 0, "t": event, "s": self._sequence, "d": data}))
+
+    async def dispatch(self, event: str, data: dict[str, Any]) -> None:
+        if not self._sockets:
+            raise AssertionError("no client is connected to the simulator")
+        for ws in list(self._sockets):
+            await self._send(ws, event, data)
+
+    # ---------------------------------------------------------------- interactions
+
+    def _find_command(self, guild: GuildState, name: str) -> dict[str, Any]:
+        for command in self.commands.get(guild.id, []) + self.commands.get(None, []):
+            if command["name"] == name:
+                return command
+        raise AssertionError(f"/{name} is not a synced command: {[c['name'] for c in self.commands.get(None, [])]}")
+
+    async def dispatch_command(
+        self, member: MemberState, command: str, channel: ChannelState, options: dict[str, Any]
+    ) -> InteractionRecord:
+        root_name, *path = command.split()
+        root = self._find_command(member.guild, root_name)
+        node, nested = root, []
+        for name in path:
+            node = next((o for o in node.get("options", []) if o["name"] == name and o["type"] in (1, 2)), None)  # type: ignore[assignment]
+            if node is None:
+                raise AssertionError(f"/{command}: no subcommand {name}")
+            nested.append(node)
+        resolved: dict[str, Any] = {}
+        built = [self._option(node, key, value, resolved) for key, value in options.items()]
+        for spec in node.get("options", []):
+            if spec.get("required") and spec["name"] not in options:
+                raise AssertionError(f"/{command}: option {spec['name']} is required")
+        for sub in reversed(nested):
+            built = [{"name": sub["name"], "type": sub["type"], "options": built}]
+        data = {"id": root["id"], "name": root_name, "type": 1, "options": built, "guild_id": str(member.guild.id)}
+        if resolved:
+            data["resolved"] = resolved
+        return await self.dispatch_interaction(member, 2, data, channel)
+
+    def _option(self, node: dict[str, Any], name: str, value: Any, resolved: dict[str, Any]) -> dict[str, Any]:
+        spec = next((o for o in node.get("options", []) if o["name"] == name), None)
+        if spec is None:
+            raise AssertionError(f"unknown option {name}; known: {[o['name'] for o in node.get('options', [])]}")
+        kind = spec["type"]
+        if kind in (4, 10):
+            low, high = spec.get("min_value"), spec.get("max_value")
+            if (low is not None and value < low) or (high is not None and value > high):
+                raise AssertionError(f"Discord refuses {name}={value}: outside {low}..{high}")
+        if kind == 3 and spec.get("max_length") is not None and len(value) > spec["max_length"]:
+            raise AssertionError(f"Discord refuses {name}: longer than {spec['max_length']}")
+        if kind == 6:  # user: a member of this guild
+            resolved.setdefault("users", {})[str(value.id)] = value.user_dict()
+            resolved.setdefault("members", {})[str(value.id)] = {
+                k: v for k, v in value.member_dict().items() if k != "user"
+            } | {"permissions": str(value.permissions)}
+            value = str(value.id)
+        elif kind == 8:
+            resolved.setdefault("roles", {})[str(value.id)] = value.to_dict()
+            value = str(value.id)
+        elif kind == 7:
+            resolved.setdefault("channels", {})[str(value.id)] = value.to_dict() | {
+                "permissions": str(EVERYONE_PERMISSIONS)
+            }
+            value = str(value.id)
+        elif kind == 11:
+            filename, data, content_type = value
+            attachment = Attachment(snowflake(), filename, data, content_type)
+            self.attachments[attachment.id] = attachment
+            resolved.setdefault("attachments", {})[str(attachment.id)] = {
+                "id": str(attachment.id),
+                "filename": filename,
+                "size": len(data),
+                "url": f"{self.base_url}/attachments/{attachment.id}/{filename}",
+                "proxy_url": f"{self.base_url}/attachments/{attachment.id}/{filename}",
+                "content_type": content_type,
+            }
+            value = str(attachment.id)
+        return {"name": name, "type": kind, "value": value}
+
+    async def dispatch_interaction(
+        self,
+        member: MemberState,
+        kind: int,
+        data: dict[str, Any],
+        channel: ChannelState,
+        *,
+        message: MessageState | None = None,
+    ) -> InteractionRecord:
+        record = InteractionRecord(
+            self,
+            snowflake(),
+            f"token-{snowflake()}",
+            kind,
+            member,
+            channel,
+            time.monotonic(),
+            self.now(),
+            message=message,
+        )
+        self.interactions[record.token] = record
+        payload = {
+            "id": str(record.id),
+            "application_id": str(self.application_id),
+            "type": kind,
+            "data": data,
+            "guild_id": str(member.guild.id),
+            "channel_id": str(channel.id),
+            "channel": channel.to_dict() | {"permissions": str(member.permissions)},
+            "member": member.member_dict() | {"permissions": str(member.permissions)},
+            "token": record.token,
+            "version": 1,
+            "app_permissions": str(EVERYONE_PERMISSIONS),
+            "locale": "en-US",
+            "guild_locale": "en-US",
+            "entitlements": [],
+            "authorizing_integration_owners": {"0": str(member.guild.id)},
+            "context": 0,
+            "attachment_size_limit": self.attachment_size_limit,
+        }
+        if message is not None:
+            payload["message"] = message.to_dict(self.base_url)
+        await self.dispatch("INTERACTION_CREATE", payload)
+        return record
+
+    # ---------------------------------------------------------------- REST
+
+    @web.middleware
+    async def _record(self, request: web.Request, handler: Callable[..., Any]) -> web.StreamResponse:
+        response = await handler(request)
+        body = getattr(request, "_sim_body", None)
+        self.calls.append(Call(time.monotonic(), request.method, request.path, response.status, body))
+        await self._changed_notify()
+        return response
+
+    @staticmethod
+    def _json(data: Any, status: int = 200) -> web.Response:
+        # discord.py checks for exactly this content type before parsing the body.
+        return web.Response(body=json.dumps(data).encode(), status=status, headers={"Content-Type": "application/json"})
+
+    def _error(self, status: int, code: int, message: str) -> web.Response:
+        return self._json({"code": code, "message": message}, status)
+
+    async def _payload(self, request: web.Request) -> tuple[dict[str, Any], list[Attachment]]:
+        files: list[Attachment] = []
+        if request.content_type.startswith("multipart/"):
+            payload: dict[str, Any] = {}
+            reader = await request.multipart()
+            async for part in reader:
+                if part.name == "payload_json":
+                    payload = json.loads(await part.text())
+                elif part.name and part.name.startswith("files["):
+                    files.append(
+                        Attachment(
+                            snowflake(),
+                            part.filename or "file",
+                            bytes(await part.read()),
+                            part.headers.get("Content-Type", "application/octet-stream"),
+                        )
+                    )
+        elif request.can_read_body:
+            payload = await request.json()
+        else:
+            payload = {}
+        request._sim_body = payload  # type: ignore[attr-defined]
+        return payload, files
+
+    def _message_from(
+        self, payload: dict[str, Any], files: list[Attachment], channel: ChannelState, **extra: Any
+    ) -> MessageState:
+        message = MessageState(
+            snowflake(),
+            channel.id,
+            channel.guild_id,
+            self.bot_user(),
+            content=payload.get("content") or "",
+            embeds=payload.get("embeds") or [],
+            components=payload.get("components") or [],
+            attachments=files,
+            flags=payload.get("flags") or 0,
+            **extra,
+        )
+        for attachment in files:
+            self.attachments[attachment.id] = attachment
+        self.messages[message.id] = message
+        return message
+
+    def _edit(self, message: MessageState, payload: dict[str, Any], files: list[Attachment]) -> None:
+        for key in ("content", "embeds", "components"):
+            if key in payload and payload[key] is not None:
+                setattr(message, key, payload[key])
+        if "attachments" in payload:
+            keep = {
+                int(a["id"])
+                for a in payload["attachments"]
+                if "id" in a and str(a["id"]).isdigit() and int(a["id"]) in self.attachments
+            }
+            message.attachments = [a for a in message.attachments if a.id in keep] + files
+        elif files:
+            message.attachments += files
+        for attachment in files:
+            self.attachments[attachment.id] = attachment
+
+    async def _get_attachment(self, request: web.Request) -> web.StreamResponse:
+        attachment = self.attachments.get(int(request.match_info["id"]))
+        if attachment is None:
+            return self._error(404, 10000, "Unknown attachment")
+        return web.Response(body=attachment.data, content_type=attachment.content_type.split(";")[0])
+
+    async def _rest(self, request: web.Request) -> web.StreamResponse:
+        parts = request.match_info["path"].strip("/").split("/")
+        method = request.method
+        payload, files = await self._payload(request)
+        match parts:
+            case ["users", "@me"]:
+                return self._json(self.bot_user())
+            case ["oauth2", "applications", "@me"]:
+                return self._json(
+                    {
+                        "id": str(self.application_id),
+                        "name": "Atelier",
+                        "icon": None,
+                        "description": "",
+                        "bot_public": True,
+                        "bot_require_code_grant": False,
+                        "verify_key": "0" * 64,
+                        "flags": 0,
+                        "owner": {"id": str(snowflake()), "username": "owner", "discriminator": "0", "avatar": None},
+                        "team": None,
+                    }
+                )
+            case ["applications", _, "commands"] if method == "PUT":
+                return self._json(self._store_commands(None, payload))
+            case ["applications", _, "guilds", guild_id, "commands"] if method == "PUT":
+                return self._json(self._store_commands(int(guild_id), payload))
+            case ["applications", _, "commands"] | ["applications", _, "guilds", _, "commands"]:
+                return self._json(self.commands.get(int(parts[3]) if len(parts) > 3 else None, []))
+            case ["interactions", _, token, "callback"]:
+                return await self._interaction_callback(token, payload, files)
+            case ["webhooks", _, token]:
+                return self._followup(token, payload, files)
+            case ["webhooks", _, token, "messages", message_ref]:
+                return self._webhook_message(method, token, message_ref, payload, files)
+            case ["channels", channel_id] if method == "GET":
+                channel = self.channels.get(int(channel_id))
+                return self._json(channel.to_dict()) if channel else self._error(404, 10003, "Unknown Channel")
+            case ["channels", channel_id, "messages"] if method == "POST":
+                channel = self.channels.get(int(channel_id))
+                if channel is None:
+                    return self._error(404, 10003, "Unknown Channel")
+                return self._json(self._message_from(payload, files, channel).to_dict(self.base_url))
+            case ["channels", _, "messages", message_id]:
+                message = self.messages.get(int(message_id))
+                if message is None or message.deleted:
+                    return self._error(404, 10008, "Unknown Message")
+                if method == "DELETE":
+                    message.deleted = True
+                    return web.Response(status=204)
+                if method == "PATCH":
+                    self._edit(message, payload, files)
+                return self._json(message.to_dict(self.base_url))
+            case ["channels", _, "messages", message_id, "reactions", emoji, "@me"]:
+                message = self.messages[int(message_id)]
+                from urllib.parse import unquote
+
+                users = message.reactions.setdefault(unquote(emoji), set())
+                (users.add if method == "PUT" else users.discard)(self.bot_id)
+                return web.Response(status=204)
+        log.warning("simulator: unhandled %s /%s", method, "/".join(parts))
+        return self._error(404, 0, f"simulator has no route for {method} /{'/'.join(parts)}")
+
+    def _store_commands(self, guild_id: int | None, payload: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        stored = []
+        for command in payload:
+            stored.append(
+                command
+                | {
+                    "id": str(snowflake()),
+                    "application_id": str(self.application_id),
+                    "version": "1",
+                    "type": command.get("type", 1),
+                }
+            )
+        self.commands[guild_id] = stored
+        return stored
+
+    def _interaction(self, token: str) -> InteractionRecord | None:
+        record = self.interactions.get(token)
+        if record is None or self.now() - record.created_sim_time > TOKEN_LIFETIME:
+            return None
+        return record
+
+    async def _interaction_callback(self, token: str, payload: dict[str, Any], files: list[Attachment]) -> web.Response:
+        record = self.interactions.get(token)
+        if record is None:
+            return self._error(404, 10062, "Unknown interaction")
+        if record.callback is not None:
+            return self._error(400, 40060, "Interaction has already been acknowledged.")
+        if time.monotonic() - record.dispatched_at > 3.0:
+            # Discord forgets an interaction that was not acknowledged within three seconds.
+            return self._error(404, 10062, "Unknown interaction")
+        record.callback = payload
+        record.callback_at = time.monotonic()
+        kind = payload.get("type")
+        data = payload.get("data") or {}
+        resource: dict[str, Any] = {"type": kind}
+        if kind in (4, 5):  # a message, or the "thinking…" placeholder of a deferred one
+            record.original = self._message_from(data, files, record.channel, interaction_id=record.id)
+            resource["message"] = record.original.to_dict(self.base_url)
+        elif kind == 7 and record.message is not None:  # update the clicked message
+            self._edit(record.message, data, files)
+            resource["message"] = record.message.to_dict(self.base_url)
+        elif kind == 9:
+            record.modal = data
+        flags = data.get("flags") or 0
+        return self._json(
+            {
+                "interaction": {
+                    "id": str(record.id),
+                    "type": record.type,
+                    "response_message_id": str(record.original.id) if record.original else None,
+                    "response_message_loading": kind == 5,
+                    "response_message_ephemeral": bool(flags & EPHEMERAL),
+                },
+                "resource": resource,
+            }
+        )
+
+    def _followup(self, token: str, payload: dict[str, Any], files: list[Attachment]) -> web.Response:
+        record = self._interaction(token)
+        if record is None:
+            return self._error(401, 50027, "Invalid Webhook Token")
+        if record.callback is None:
+            return self._error(404, 10015, "Unknown Webhook")
+        if (
+            record.callback.get("type") == 5
+            and record.original is not None
+            and not record.original.deleted
+            and record.original.content == ""
+            and not record.original.embeds
+            and not record.original.attachments
+            and not record.followups
+            and record.original.components == []
+        ):
+            # The first follow-up after a deferred reply replaces its "thinking…" placeholder.
+            self._edit(record.original, payload, files)
+            record.original.flags = (record.original.flags & EPHEMERAL) | (payload.get("flags") or 0)
+            record.followups.append(record.original)
+            return self._json(record.original.to_dict(self.base_url))
+        message = self._message_from(
+            payload, files, record.channel, interaction_id=record.id, webhook_id=self.application_id
+        )
+        record.followups.append(message)
+        return self._json(message.to_dict(self.base_url))
+
+    def _webhook_message(
+        self, method: str, token: str, message_ref: str, payload: dict[str, Any], files: list[Attachment]
+    ) -> web.Response:
+        record = self._interaction(token)
+        if record is None:
+            return self._error(401, 50027, "Invalid Webhook Token")
+        if message_ref == "@original":
+            message = record.original
+        else:
+            message = next((m for m in record.followups if m.id == int(message_ref)), None)
+        if message is None or message.deleted:
+            return self._error(404, 10008, "Unknown Message")
+        if method == "DELETE":
+            message.deleted = True
+            return web.Response(status=204)
+        if method == "PATCH":
+            self._edit(message, payload, files)
+        return self._json(message.to_dict(self.base_url))
