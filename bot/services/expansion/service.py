@@ -82,7 +82,8 @@ class ExpansionService:
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-        return lambda text: len(tokenizer(text, truncation=False).input_ids)
+        # verbose=False: counting a prompt past the window is the point here, not a mistake to warn about.
+        return lambda text: len(tokenizer(text, truncation=False, verbose=False).input_ids)
 
     def count_tokens(self, text: str) -> int:
         return self._count_tokens(text)

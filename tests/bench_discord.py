@@ -1,0 +1,90 @@
+"""Load benchmark: N members send /imagine at once through the local Discord simulator.
+
+    python -m tests.bench_discord --members 500 --json
+
+Prints ack latency p50/p99 (dispatch of INTERACTION_CREATE to the interaction callback) and how many
+missed Discord's 3-second deadline. Every request is also enqueued for real (expansion, moderation,
+quota reservation and the job row), so the figure includes the bot's whole front half.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+DEADLINE = 3.0
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+async def run(members: int) -> dict[str, object]:
+    from bot.app import AtelierBot
+    from bot.config import Settings
+    from bot.db.migrate import upgrade
+    from bot.db.models import Job
+    from bot.services.container import Services
+    from tests.simulator import DiscordSimulator
+
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = Settings(data_dir=Path(tmp), tiny=True, expansion_mode="presets", sync_commands=True)
+        settings.ensure_dirs()
+        await upgrade(settings.db_url)
+        sim = DiscordSimulator()
+        await sim.start()
+        guild = sim.add_guild()
+        people = [guild.add_member(f"member{i}") for i in range(members)]
+        services = Services.create(settings)
+        bot = AtelierBot(settings, services)
+        try:
+            async with sim.connect(bot):
+                started = time.perf_counter()
+                interactions = await asyncio.gather(
+                    *(p.slash("imagine", prompt=f"a fox number {i}") for i, p in enumerate(people))
+                )
+                await asyncio.gather(*(i.wait_ack(timeout=120) for i in interactions))
+                acked = time.perf_counter() - started
+                # Wait until every job is queued: the status edit follows the enqueue.
+                await sim.wait_for(lambda: all(i.original and i.original.content for i in interactions), 300)
+                queued = time.perf_counter() - started
+                async with services.db.sessions() as session:
+                    jobs = (await session.execute(select(func.count()).select_from(Job))).scalar_one()
+        finally:
+            await services.close()
+            await sim.stop()
+    latencies = [i.ack_seconds for i in interactions if i.ack_seconds is not None]
+    return {
+        "members": members,
+        "cpus": os.cpu_count(),
+        "ack_p50_ms": round(_percentile(latencies, 50) * 1000, 1),
+        "ack_p99_ms": round(_percentile(latencies, 99) * 1000, 1),
+        "ack_max_ms": round(max(latencies) * 1000, 1),
+        "missed_deadline": sum(latency > DEADLINE for latency in latencies),
+        "all_acked_s": round(acked, 2),
+        "all_queued_s": round(queued, 2),
+        "jobs_queued": jobs,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--members", type=int, default=500)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.ERROR)
+    result = asyncio.run(run(args.members))
+    print(json.dumps(result) if args.json else json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
