@@ -32,6 +32,9 @@ INTERACTION_TOKEN_SECONDS = 14 * 60
 class PendingReply:
     interaction: discord.Interaction
     created: float
+    header: str = ""
+    shown: str = ""
+    status_gone: bool = False
 
     @property
     def usable(self) -> bool:
@@ -55,7 +58,8 @@ class AtelierBot(commands.Bot):
         self.delivery = DeliveryService(services.db)
         self.pending_replies: dict[str, PendingReply] = {}
         self.delivery_poll_seconds = 0.25
-        self._delivery_task: asyncio.Task[None] | None = None
+        self.progress_interval_seconds = 1.0
+        self._tasks: list[asyncio.Task[None]] = []
 
     async def setup_hook(self) -> None:
         for extension in EXTENSIONS:
@@ -64,11 +68,40 @@ class AtelierBot(commands.Bot):
         if self.settings.sync_commands:
             synced = await self.tree.sync()
             log.info("synced %d global commands", len(synced))
-        self._delivery_task = asyncio.create_task(self._deliver_forever(), name="atelier-delivery")
+        self._tasks = [
+            asyncio.create_task(self._deliver_forever(), name="atelier-delivery"),
+            asyncio.create_task(self._progress_forever(), name="atelier-progress"),
+        ]
 
-    def track(self, job_id: str, interaction: discord.Interaction) -> None:
+    def track(self, job_id: str, interaction: discord.Interaction, header: str = "") -> None:
         """Remember who to answer; after a restart, or past the token's life, results go to the channel."""
-        self.pending_replies[job_id] = PendingReply(interaction, time.monotonic())
+        self.pending_replies[job_id] = PendingReply(interaction, time.monotonic(), header)
+
+    async def _progress_forever(self) -> None:
+        """Edit each waiting member's status message, at most once a second (Discord rate-limits edits)."""
+        await self.wait_until_ready()
+        while not self.is_closed():
+            for job_id, pending in list(self.pending_replies.items()):
+                if pending.status_gone or not pending.usable:
+                    continue
+                try:
+                    progress = await self.services.jobs.progress(job_id)
+                except Exception:
+                    log.debug("no progress for job %s", job_id, exc_info=True)
+                    continue
+                if progress.status not in ("queued", "running"):
+                    continue
+                text = f"{pending.header}\n{progress.describe()}" if pending.header else progress.describe()
+                if text == pending.shown:
+                    continue
+                try:
+                    await pending.interaction.edit_original_response(content=text)
+                    pending.shown = text
+                except discord.NotFound:
+                    pending.status_gone = True  # the member deleted it: stop editing, still deliver
+                except discord.HTTPException:
+                    log.debug("progress edit failed for job %s", job_id, exc_info=True)
+            await asyncio.sleep(self.progress_interval_seconds)
 
     async def _deliver_forever(self) -> None:
         from bot.cogs.results import deliver_job
@@ -101,8 +134,8 @@ class AtelierBot(commands.Bot):
         await reply_error(interaction, "Something went wrong on our side; it has been logged.")
 
     async def close(self) -> None:
-        if self._delivery_task is not None:
-            self._delivery_task.cancel()
+        for task in self._tasks:
+            task.cancel()
         await super().close()
 
 

@@ -75,13 +75,11 @@ async def submit_and_track(bot: AtelierBot, interaction: discord.Interaction, re
     except AtelierError as error:
         await reply_error(interaction, str(error))
         return
-    bot.track(job.id, interaction)
     shown = job.expanded_prompt if job.expanded_prompt != job.prompt else job.prompt
+    header = f"**{discord.utils.escape_markdown(job.prompt[:200])}**\n-# {discord.utils.escape_markdown(shown[:300])}"
+    bot.track(job.id, interaction, header)
     try:
-        await interaction.edit_original_response(
-            content=f"⏳ Queued **{discord.utils.escape_markdown(job.prompt[:200])}**\n-# {shown[:300]}",
-            view=status_view(job.id),
-        )
+        await interaction.edit_original_response(content=f"{header}\n⏳ Queued", view=status_view(job.id))
     except discord.HTTPException:
         log.info("could not show the queued status of job %s", job.id)
 

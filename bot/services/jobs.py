@@ -9,7 +9,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from bot.config import Settings
@@ -70,6 +70,21 @@ class Resolved:
     params: JobParams
     style: str | None
     raw: bool
+
+
+@dataclass(frozen=True)
+class Progress:
+    status: str
+    position: int
+    eta_seconds: float
+    step: int | None
+    steps: int
+
+    def describe(self) -> str:
+        if self.status == JobStatus.RUNNING:
+            return f"🎨 Drawing… step {self.step or 0} of {self.steps}"
+        eta = f", about {self.eta_seconds:.0f}s" if self.eta_seconds >= 1 else ""
+        return f"⏳ Queued: position {self.position}{eta}"
 
 
 def _first(*values: Any) -> Any:
@@ -384,3 +399,29 @@ class JobService:
             preferences = {**(member.preferences or {}), **{k: v for k, v in changes.items() if v is not None}}
             member.preferences = preferences
         return preferences
+
+    async def progress(self, job_id: str) -> Progress:
+        """Where a job stands: its place in the queue and a wait estimate, or its denoising step."""
+        async with self.db.sessions() as session:
+            job = await session.get(Job, job_id)
+            if job is None:
+                raise NotFound(f"No job {job_id}.")
+            ahead = 0
+            if job.status == JobStatus.QUEUED:
+                ahead = (
+                    await session.execute(
+                        select(func.count())
+                        .select_from(Job)
+                        .where(Job.status == JobStatus.QUEUED, Job.created_at < job.created_at)
+                    )
+                ).scalar_one()
+            recent = (
+                await session.execute(
+                    select(func.avg(Job.gpu_seconds)).where(
+                        Job.status == JobStatus.SUCCEEDED, Job.gpu_seconds.is_not(None)
+                    )
+                )
+            ).scalar_one()
+        return Progress(
+            job.status, int(ahead) + 1, (int(ahead) + 1) * float(recent or 0.0), job.progress_step, job.steps
+        )

@@ -137,6 +137,12 @@ class SqliteQueue:
             return LeaseState.LOST
         return LeaseState.CANCELLED if cancel else LeaseState.HELD
 
+    async def progress(self, job: ClaimedJob, step: int) -> None:
+        async with self.db.transaction() as session:
+            await session.execute(
+                update(Job).where(Job.id == job.id, Job.lease_owner == job.lease_token).values(progress_step=step)
+            )
+
     async def complete(self, job: ClaimedJob, result: JobResult) -> bool:
         paths = write_images(self.settings.images_dir, job.id, result.images)
         async with self.db.transaction() as session:

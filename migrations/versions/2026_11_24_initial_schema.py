@@ -1,8 +1,8 @@
 """initial schema
 
-Revision ID: 0ef7ed21182f
+Revision ID: 4578540e625e
 Revises:
-Create Date: 2026-11-24 14:36:24.562185
+Create Date: 2026-11-24 15:03:54.878957
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0ef7ed21182f"
+revision: str = "4578540e625e"
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
@@ -85,6 +85,7 @@ def upgrade() -> None:
         sa.Column("lease_owner", sa.String(length=80), nullable=True),
         sa.Column("lease_expires_at", sa.DateTime(), nullable=True),
         sa.Column("cancel_requested", sa.Boolean(), nullable=False),
+        sa.Column("progress_step", sa.Integer(), nullable=True),
         sa.Column("error", sa.Text(), nullable=True),
         sa.Column("created_at", sa.DateTime(), nullable=False),
         sa.Column("started_at", sa.DateTime(), nullable=True),

@@ -138,3 +138,27 @@ async def test_admin_commands_refuse_members_without_manage_server(running: Harn
     second = await running.member.slash("imagine", prompt="a fox")
     refusal = await second.wait_followup(lambda m: m.ephemeral)
     assert "Daily limit reached" in refusal.content
+
+
+async def test_waiting_members_see_their_place_and_can_cancel(harness: Harness) -> None:
+    async with harness.sim.connect(harness.new_bot()) as bot:
+        bot.progress_interval_seconds = 0.1
+        first = await harness.admin.slash("imagine", prompt="a fox")
+        await harness.sim.wait_for(lambda: first.original and "Queued" in first.original.content, 10)
+        second = await harness.member.slash("imagine", prompt="a castle above the clouds")
+        await second.wait_ack()
+        status = await harness.sim.wait_for(
+            lambda: second.original if second.original and "position 2" in second.original.content else None, 10
+        )
+        assert status.content.startswith("**a castle above the clouds**")
+        cancel = next(cid for cid in status.custom_ids if cid.startswith("atelier:cancel:"))
+
+        stranger = await harness.admin.click(status, cancel)
+        assert "Only the member" in (await stranger.wait_ack())["data"]["content"]
+        mine = await harness.member.click(status, cancel)
+        assert "cancelled" in (await mine.wait_ack())["data"]["content"]
+        notice = await second.wait_followup(lambda m: "was cancelled" in m.content)
+        assert "Nothing was charged" in notice.content
+
+        harness.start_engine()
+        assert _is_result(await first.wait_followup(_is_result))
