@@ -102,6 +102,10 @@ async def test_a_result_after_the_token_expired_is_posted_to_the_channel(harness
 async def test_reactions_on_results_are_ratings(running: Harness) -> None:
     interaction = await running.member.slash("imagine", prompt="a red bicycle in the rain")
     result = await interaction.wait_followup(_is_result)
+    # The bot records the message id just after posting; a reaction before that is not yet a rating.
+    async with asyncio.timeout(10):
+        while await running.bot.delivery.job_for_message(result.id) is None:  # type: ignore[union-attr]
+            await asyncio.sleep(0.05)
     await running.admin.react(result, "⭐")
     await running.member.react(result, "👎")  # the requester's own rating is kept, and marked
     await running.admin.react(result, "👍")  # the latest reaction wins
