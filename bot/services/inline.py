@@ -82,10 +82,10 @@ def parse_inline(text: str) -> InlineOptions:
     return options
 
 
-def size_for_aspect(aspect: tuple[int, int], side: int, multiple: int) -> tuple[int, int]:
-    """About ``side``² pixels at the given ratio, each side a multiple of ``multiple``."""
+def size_for_aspect(aspect: tuple[int, int], side: int, multiple: int, minimum: int = 64) -> tuple[int, int]:
+    """About ``side``² pixels at the given ratio, each side a multiple of ``multiple`` and at least ``minimum``."""
     w, h = aspect
-    scale = math.sqrt(side * side / (w * h))
+    scale = max(math.sqrt(side * side / (w * h)), minimum / min(w, h))
     width = max(multiple, round(w * scale / multiple) * multiple)
     height = max(multiple, round(h * scale / multiple) * multiple)
     return width, height

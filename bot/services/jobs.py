@@ -143,7 +143,7 @@ class JobService:
         width, height = request.width, request.height
         aspect = inline.aspect or (parse_aspect(preferences["aspect"]) if preferences.get("aspect") else None)
         if width is None and height is None and aspect is not None:
-            width, height = size_for_aspect(aspect, profile.side, profile.multiple)
+            width, height = size_for_aspect(aspect, profile.side, profile.multiple, MIN_SIDE)
         width = width or profile.side
         height = height or profile.side
         for name, value in (("width", width), ("height", height)):

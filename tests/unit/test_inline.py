@@ -57,3 +57,7 @@ def test_sizes_parse(text: str, size: tuple[int, int]) -> None:
 def test_bad_size_is_explained() -> None:
     with pytest.raises(InvalidRequest, match="WIDTHxHEIGHT"):
         parse_size("big")
+
+
+def test_aspect_never_goes_below_the_minimum_side() -> None:
+    assert size_for_aspect((2, 1), 64, 8, minimum=64) == (128, 64)

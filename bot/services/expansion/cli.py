@@ -1,42 +1,72 @@
-"""`atelier expand` and `atelier bench expand`."""
+"""`atelier expand` and `atelier bench expand`: both print JSON."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from bot.services.expansion.service import Expansion, ExpansionService
+from bot.services.expansion.service import Expansion, ExpansionConfig, ExpansionService
+
+BENCH_PROMPTS = (
+    "a fox in the snow",
+    "a lighthouse on a cliff at dusk",
+    "portrait of an old fisherman",
+    "a castle above the clouds",
+    "a bowl of ramen",
+    "a robot reading in a library",
+    "a whale in a sea of stars",
+    "a red bicycle in the rain",
+)
+
+
+def _add_once(parser: argparse.ArgumentParser, *flags: str, **kwargs: Any) -> None:
+    # `atelier` adds its shared options (--tiny, --data-dir) to every command before these.
+    if not any(flag in parser._option_string_actions for flag in flags):
+        parser.add_argument(*flags, **kwargs)
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    _add_once(parser, "--tiny", action="store_true", help="the offline tiny chat model (built on first use)")
+    _add_once(parser, "--data-dir", help="overrides ATELIER_DATA_DIR")
+    _add_once(parser, "--json", action="store_true", help="one line of JSON (the default is indented JSON)")
 
 
 def add_expand_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_common(parser)
     parser.add_argument("prompt", nargs="?", help="the member's request")
-    parser.add_argument("--eval", metavar="FILE", help="expand every line of FILE and summarise")
-    parser.add_argument("--style")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--raw", action="store_true")
-    parser.add_argument("--negative")
-    parser.add_argument("--mode", choices=("llm", "presets"), help="overrides ATELIER_EXPANSION_MODE")
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--eval", metavar="FILE", help="expand every non-empty line of FILE and summarise")
+    parser.add_argument("--style", help="a style preset (default: photographic)")
+    parser.add_argument("--seed", type=int, default=0, help="the image seed; the expansion is seeded from it")
+    parser.add_argument("--raw", action="store_true", help="skip expansion: the prompt cut to the window")
+    parser.add_argument("--negative", help="the member's negative prompt")
+    parser.add_argument(
+        "--mode",
+        choices=("llm", "presets"),
+        help="overrides ATELIER_EXPANSION_MODE (with --tiny and no mode configured: llm)",
+    )
 
 
-def _service(args: argparse.Namespace) -> ExpansionService:
+def _config(args: argparse.Namespace, *, mode: str | None = None) -> ExpansionConfig:
     from bot.cli import _settings
     from bot.services.container import expansion_config
 
     settings = _settings(args)
-    if getattr(args, "mode", None):
+    if mode is not None:
+        settings.expansion_mode = mode
+    elif getattr(args, "mode", None):
         settings.expansion_mode = args.mode
+    elif getattr(args, "tiny", False) and "expansion_mode" not in settings.model_fields_set:
+        settings.expansion_mode = "llm"  # --tiny is how one tries the LLM path without a download
     settings.ensure_dirs()
-    return ExpansionService(expansion_config(settings))
+    return expansion_config(settings)
 
 
-def _as_dict(expansion: Expansion) -> dict[str, Any]:
+def as_dict(expansion: Expansion) -> dict[str, Any]:
     return {
         "prompt": expansion.prompt,
         "expanded": expansion.expanded,
@@ -50,11 +80,16 @@ def _as_dict(expansion: Expansion) -> dict[str, Any]:
 
 
 def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile: a value that was actually measured."""
     if not values:
         return 0.0
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
     return round(ordered[index], 2)
+
+
+def _print(value: Any, args: argparse.Namespace) -> None:
+    print(json.dumps(value, ensure_ascii=False, indent=None if getattr(args, "json", False) else 2))
 
 
 def run_expand(args: argparse.Namespace) -> int:
@@ -64,105 +99,141 @@ def run_expand(args: argparse.Namespace) -> int:
     prompts: list[str] = []
     if args.eval:
         prompts = [line.strip() for line in Path(args.eval).read_text(encoding="utf-8").splitlines() if line.strip()]
-    service = _service(args)
+    service = ExpansionService(_config(args))
+
+    async def expand(prompt: str) -> Expansion:
+        return await service.expand(prompt, style=args.style, seed=args.seed, raw=args.raw, negative=args.negative)
 
     async def main() -> dict[str, Any]:
         try:
-            if args.eval:
-                results = [
-                    await service.expand(p, style=args.style, seed=args.seed, raw=args.raw, negative=args.negative)
-                    for p in prompts
-                ]
-                latencies = [r.ms for r in results]
-                return {
-                    "results": [_as_dict(r) for r in results],
-                    "summary": {
-                        "count": len(results),
-                        "fallback_rate": round(sum(r.source == "fallback" for r in results) / max(1, len(results)), 3),
-                        "p50_ms": percentile(latencies, 50),
-                        "p95_ms": percentile(latencies, 95),
-                    },
-                }
-            result = await service.expand(
-                args.prompt, style=args.style, seed=args.seed, raw=args.raw, negative=args.negative
-            )
-            return _as_dict(result)
+            if not args.eval:
+                result = as_dict(await expand(args.prompt))
+                return {key: result[key] for key in ("prompt", "expanded", "negative", "source", "tokens", "ms")}
+            # One at a time: each latency is one request's, not a share of a batch.
+            results = [await expand(p) for p in prompts]
+            latencies = [r.ms for r in results]
+            return {
+                "results": [as_dict(r) for r in results],
+                "summary": {
+                    "count": len(results),
+                    "fallback_rate": round(sum(r.source == "fallback" for r in results) / max(1, len(results)), 3),
+                    "p50_ms": percentile(latencies, 50),
+                    "p95_ms": percentile(latencies, 95),
+                },
+            }
         finally:
             await service.aclose()
 
     try:
         output = asyncio.run(main())
-    except ValueError as error:
+    except ValueError as error:  # an unknown style: the message lists the styles
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(json.dumps(output, ensure_ascii=False) if args.json else json.dumps(output, ensure_ascii=False, indent=2))
+    _print(output, args)
     return 0
 
 
-BENCH_PROMPTS = [
-    "a fox in the snow",
-    "a lighthouse on a cliff at dusk",
-    "portrait of an old fisherman",
-    "a castle above the clouds",
-    "a bowl of ramen",
-    "a robot reading in a library",
-    "a whale in a sea of stars",
-    "a red bicycle in the rain",
-]
-
-
 def add_bench_expand_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_common(parser)
     parser.add_argument("--requests", type=int, default=32)
     parser.add_argument("--batch", type=int, default=8, help="largest batch one generate call takes")
     parser.add_argument("--quantization", choices=("nf4", "int8", "none"))
     parser.add_argument("--model", help="a local directory or hub id (default: the configured one)")
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="Qwen2.5-1.5B's architecture from engine/configs with random weights: the real model's speed offline",
+    )
+    parser.add_argument("--max-new-tokens", type=int, help="default: the configured max_new_tokens")
 
 
 def run_bench_expand(args: argparse.Namespace) -> int:
-    """Latency of the LLM path, measured on the raw generate calls (not on the cached service)."""
-    from bot.cli import _settings
-    from bot.services.container import expansion_config
+    """Latency and tokens/s of the LLM: raw batched generate calls, then the service under a burst."""
     from bot.services.expansion.llm import LocalLLM
     from bot.services.expansion.presets import find_style
 
-    settings = _settings(args)
-    settings.expansion_mode = "llm"
-    settings.ensure_dirs()
-    config = expansion_config(settings)
+    config = _config(args, mode="llm")
+    if args.random_weights:
+        from bot.cli import _settings
+        from engine.tiny_llm import build_random_llm
+
+        config.model = str(build_random_llm(_settings(args).models_dir / "random-qwen2.5-1.5b"))
+        config.quantization = "nf4"
     if args.model:
         config.model = args.model
     if args.quantization:
         config.quantization = args.quantization
-    service = ExpansionService(config)
+    if args.max_new_tokens:
+        config.max_new_tokens = args.max_new_tokens
+    config.batch_max = args.batch
+    requests = max(1, args.requests)
+
+    loading = time.perf_counter()
     llm = LocalLLM(config.model, quantization=config.quantization, device=config.device)
-    conversation = [service._conversation(p, find_style(None), True) for p in BENCH_PROMPTS]
-    llm.generate(conversation[:1], [0], max_new_tokens=8)  # warm-up
+    load_s = time.perf_counter() - loading
+    probe = ExpansionService(config, llm_factory=lambda _: llm)
+    conversations = [probe.conversation(p, find_style(None)) for p in BENCH_PROMPTS]
+    llm.generate(conversations[:1], [0], max_new_tokens=4)  # warm-up: first-call allocations, kernels
+
+    # 1. The model alone: requests arrive in groups of --batch and each group is one generate call.
     latencies: list[float] = []
-    tokens = 0
+    new_tokens = 0
     started = time.perf_counter()
     done = 0
-    while done < args.requests:
-        size = min(args.batch, args.requests - done)
-        batch = [conversation[(done + i) % len(conversation)] for i in range(size)]
+    while done < requests:
+        size = min(args.batch, requests - done)
+        batch = [conversations[(done + i) % len(conversations)] for i in range(size)]
         t0 = time.perf_counter()
-        generations = llm.generate(batch, list(range(done, done + size)), max_new_tokens=config.max_new_tokens)
-        elapsed = (time.perf_counter() - t0) * 1000
-        latencies += [elapsed] * size
-        tokens += sum(g.new_tokens for g in generations)
+        generations = llm.generate(
+            batch,
+            list(range(done, done + size)),
+            max_new_tokens=config.max_new_tokens,
+            temperature=config.temperature,
+            top_k=config.top_k,
+        )
+        latencies += [(time.perf_counter() - t0) * 1000] * size
+        new_tokens += sum(g.new_tokens for g in generations)
         done += size
     wall = time.perf_counter() - started
-    result = {
-        "model": config.model,
-        "quantization": config.quantization,
-        "device": llm.device,
-        "requests": args.requests,
-        "batch": args.batch,
-        "max_new_tokens": config.max_new_tokens,
-        "p50_ms": percentile(latencies, 50),
-        "p95_ms": percentile(latencies, 95),
-        "new_tokens_per_s": round(tokens / wall, 1),
-        "mean_new_tokens": round(statistics.mean([tokens / args.requests]), 1),
-    }
-    print(json.dumps(result))
+
+    # 2. The service as the bot uses it: a burst of concurrent requests (distinct seeds, so no cache
+    # hits) through the dynamic batcher, the guards and the fallback.
+    service = ExpansionService(config, llm_factory=lambda _: llm)
+
+    async def burst() -> tuple[list[Expansion], float]:
+        t0 = time.perf_counter()
+        try:
+            results = await asyncio.gather(
+                *(service.expand(BENCH_PROMPTS[i % len(BENCH_PROMPTS)], seed=10_000 + i) for i in range(requests))
+            )
+        finally:
+            await service.aclose()
+        return list(results), time.perf_counter() - t0
+
+    results, burst_s = asyncio.run(burst())
+    service_ms = [r.ms for r in results]
+    _print(
+        {
+            "model": config.model,
+            "quantization": llm.quantization,
+            "device": llm.device,
+            "load_s": round(load_s, 2),
+            "requests": requests,
+            "batch": args.batch,
+            "max_new_tokens": config.max_new_tokens,
+            "p50_ms": percentile(latencies, 50),
+            "p95_ms": percentile(latencies, 95),
+            "new_tokens_per_s": round(new_tokens / wall, 1),
+            "mean_new_tokens": round(new_tokens / requests, 1),
+            "service": {
+                "p50_ms": percentile(service_ms, 50),
+                "p95_ms": percentile(service_ms, 95),
+                "wall_s": round(burst_s, 3),
+                "generate_calls": service.generate_calls,
+                "generated_requests": service.generated_requests,
+                "fallback_rate": round(sum(r.source == "fallback" for r in results) / requests, 3),
+            },
+        },
+        args,
+    )
     return 0

@@ -1,14 +1,34 @@
-"""The local LLM: loaded once, run in its own thread, requests batched into one generate call."""
+"""The local LLM: loaded once, called from its own thread, requests batched into one generate call.
+
+Imported only when the LLM is first needed: the bot process starts (and the presets work) without
+torch or transformers being loaded.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    BitsAndBytesConfig,
+    GenerationConfig,
+    LogitsProcessor,
+    LogitsProcessorList,
+)
+
 log = logging.getLogger(__name__)
+
+# bitsandbytes says this on every int8 matmul whose input is float32 (as on CPU); it is expected there.
+warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
+
+QUANTIZATIONS = ("nf4", "int8", "none")
 
 
 @dataclass(frozen=True)
@@ -17,70 +37,122 @@ class Generation:
     new_tokens: int
 
 
-def _gumbel_processor(seeds: list[int], temperature: float):  # type: ignore[no-untyped-def]
-    """Sampling that depends only on each row's own seed, whatever else is in the batch.
+class SeededSampler(LogitsProcessor):
+    """Top-k sampling whose randomness depends only on each row's own seed, whatever else is batched.
 
-    Adding Gumbel noise to the logits and taking the argmax samples exactly from the softmax; drawing
-    the noise from a per-row generator makes each request reproducible and independent of batching.
+    Adding Gumbel noise to the (temperature-scaled, top-k filtered) logits and taking the argmax samples
+    exactly from the softmax. Drawing each row's noise from its own generator makes a request
+    reproducible from its seed alone, however the batcher happened to group it.
     """
-    import torch
-    from transformers import LogitsProcessor
 
-    class SeededGumbel(LogitsProcessor):
-        def __init__(self) -> None:
-            self.generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+    def __init__(self, seeds: list[int], *, temperature: float, top_k: int) -> None:
+        self.seeds = seeds
+        self.temperature = temperature
+        self.top_k = top_k
+        self.generators: list[torch.Generator] | None = None
 
-        def __call__(self, input_ids: Any, scores: Any) -> Any:
-            scores = scores.float() / temperature
-            noise = torch.stack(
-                [torch.rand(scores.shape[-1], generator=g).clamp_(1e-9, 1 - 1e-9) for g in self.generators]
-            ).to(scores.device)
-            return scores - torch.log(-torch.log(noise))
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.generators is None:
+            # On the scores' device: copying a vocabulary-sized noise row from the CPU every step costs
+            # more than the step itself for a small model on a GPU.
+            self.generators = [torch.Generator(device=scores.device).manual_seed(seed) for seed in self.seeds]
+        scores = scores.float() / max(self.temperature, 1e-5)
+        if 0 < self.top_k < scores.shape[-1]:
+            kth = torch.topk(scores, self.top_k, dim=-1).values[:, -1:]
+            scores = scores.masked_fill(scores < kth, float("-inf"))
+        noise = torch.stack(
+            [torch.rand(scores.shape[-1], generator=g, device=scores.device) for g in self.generators]
+        ).clamp_(1e-10, 1 - 1e-7)
+        return scores - torch.log(-torch.log(noise))
 
-    return SeededGumbel()
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _quantization_config(quantization: str) -> BitsAndBytesConfig:
+    if quantization == "nf4":
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        )
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
+def _unquantized_dtype(quantization: str, device: str) -> torch.dtype:
+    """The dtype of what bitsandbytes leaves unquantized (embeddings, norms, the output head)."""
+    if device == "cpu":
+        return torch.float32  # CPU matmuls are fastest and exact in float32
+    # int8 matmuls take float16 inputs; nf4 computes in bf16, as the rest of the model should.
+    return torch.float16 if quantization == "int8" else torch.bfloat16
 
 
 class LocalLLM:
-    """A causal LM with a chat template, quantized with bitsandbytes where asked and possible."""
+    """A causal LM with a chat template, quantized with bitsandbytes where asked and where it works."""
 
     def __init__(self, model: str, *, quantization: str = "nf4", device: str = "auto") -> None:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        self._torch = torch
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = device
+        if quantization not in QUANTIZATIONS:
+            raise ValueError(f"quantization is one of {', '.join(QUANTIZATIONS)}, not {quantization!r}")
+        self.device = resolve_device(device)
+        self.name = model
         started = time.perf_counter()
         self.tokenizer = AutoTokenizer.from_pretrained(model)
         self.tokenizer.padding_side = "left"  # decoder-only: pad on the left so generation continues the text
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        kwargs: dict[str, Any] = {}
-        self.quantization = quantization
-        if quantization in ("nf4", "int8"):
-            from transformers import BitsAndBytesConfig
-
-            if quantization == "nf4":
-                kwargs["quantization_config"] = BitsAndBytesConfig(
-                    load_in_4bit=True,
-                    bnb_4bit_quant_type="nf4",
-                    bnb_4bit_use_double_quant=True,
-                    bnb_4bit_compute_dtype=torch.bfloat16,
-                )
-            else:
-                kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
-            kwargs["device_map"] = {"": device}
-        else:
-            kwargs["dtype"] = torch.bfloat16 if device.startswith("cuda") else torch.float32
-        self.model = AutoModelForCausalLM.from_pretrained(model, **kwargs)
-        if "device_map" not in kwargs:
-            self.model.to(device)
+        self.model, self.quantization = self._load(model, quantization)
         self.model.eval()
-        self.name = model
+        eos = self.model.generation_config.eos_token_id
+        self.eos_token_id = eos if eos is not None else self.tokenizer.eos_token_id
+        # The sampling is SeededSampler's: the checkpoint's own sampling defaults (temperature, top_p...)
+        # would only be merged into every call and warned about.
+        self.model.generation_config = GenerationConfig(
+            eos_token_id=self.eos_token_id, pad_token_id=self.tokenizer.pad_token_id
+        )
         self.generate_calls = 0
+        # The service calls from one thread; the lock keeps a second caller (a benchmark) from interleaving.
         self._lock = threading.Lock()
-        log.info("loaded %s (%s) on %s in %.1fs", model, quantization, device, time.perf_counter() - started)
+        log.info("loaded %s (%s) on %s in %.1fs", model, self.quantization, self.device, time.perf_counter() - started)
+
+    def _load(self, model: str, quantization: str) -> tuple[Any, str]:
+        if quantization != "none":
+            try:
+                loaded = AutoModelForCausalLM.from_pretrained(
+                    model,
+                    quantization_config=_quantization_config(quantization),
+                    device_map={"": self.device},
+                    dtype=_unquantized_dtype(quantization, self.device),
+                )
+                self._smoke_test(loaded)
+                return loaded, quantization
+            except Exception as error:  # whatever the cause, bitsandbytes cannot run this model here
+                log.warning(
+                    "%s quantization with bitsandbytes does not work on %s (%s: %s); loading %s unquantized",
+                    quantization,
+                    self.device,
+                    type(error).__name__,
+                    error,
+                    model,
+                )
+        dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
+        loaded = AutoModelForCausalLM.from_pretrained(model, dtype=dtype)
+        return loaded.to(self.device), "none"
+
+    def _smoke_test(self, model: Any) -> None:
+        """One forward pass: a quantized model that loads but cannot run should fail here, not per request."""
+        with torch.inference_mode():
+            logits = model(torch.tensor([[0]], device=self.device)).logits
+        if not torch.isfinite(logits).all():
+            raise RuntimeError("the quantized model produced non-finite logits")
+
+    def prompts(self, conversations: list[list[dict[str, str]]]) -> list[str]:
+        return [
+            self.tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations
+        ]
 
     def generate(
         self,
@@ -88,28 +160,31 @@ class LocalLLM:
         seeds: list[int],
         *,
         max_new_tokens: int,
-        temperature: float = 0.8,
+        temperature: float = 0.7,
+        top_k: int = 40,
     ) -> list[Generation]:
         """One batched generate call. Blocking: callers run it in the LLM's own thread."""
-        from transformers import LogitsProcessorList
-
-        prompts = [
-            self.tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations
-        ]
-        inputs = self.tokenizer(prompts, return_tensors="pt", padding=True).to(self.device)
-        with self._lock, self._torch.inference_mode():
+        inputs = self.tokenizer(self.prompts(conversations), return_tensors="pt", padding=True).to(self.device)
+        config = GenerationConfig(
+            max_new_tokens=max_new_tokens,
+            do_sample=False,  # the sampling is SeededSampler's, so it is reproducible per request
+            repetition_penalty=1.1,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self.eos_token_id,
+        )
+        sampler = SeededSampler([seed % 2**63 for seed in seeds], temperature=temperature, top_k=top_k)
+        with self._lock, torch.inference_mode():
             self.generate_calls += 1
             output = self.model.generate(
-                **inputs,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                logits_processor=LogitsProcessorList([_gumbel_processor(seeds, temperature)]),
-                pad_token_id=self.tokenizer.pad_token_id,
-                repetition_penalty=1.1,
+                **inputs, generation_config=config, logits_processor=LogitsProcessorList([sampler])
             )
-        new = output[:, inputs["input_ids"].shape[1] :]
+        new = output[:, inputs["input_ids"].shape[1] :].tolist()
+        vocabulary = len(self.tokenizer)
         results = []
         for row in new:
-            tokens = [t for t in row.tolist() if t != self.tokenizer.pad_token_id]
-            results.append(Generation(self.tokenizer.decode(tokens, skip_special_tokens=True), len(tokens)))
+            tokens = [t for t in row if t != self.tokenizer.pad_token_id]
+            # A model with random weights and a larger vocabulary than its tokenizer (the speed benchmark)
+            # samples ids the tokenizer has no text for.
+            text = self.tokenizer.decode([t for t in tokens if t < vocabulary], skip_special_tokens=True)
+            results.append(Generation(text, len(tokens)))
         return results
