@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -83,17 +84,34 @@ def _train_bpe(words: list[str], merges: int) -> tuple[list[str], list[tuple[str
     return list(dict.fromkeys(vocab)), learned
 
 
-def write_clip_tokenizer(out_dir: Path) -> Path:
+def save_atomically(out_dir: Path, write: Callable[[Path], None], marker: str = "config.json") -> Path:
+    """Write into a sibling directory, then rename: a crash or a concurrent builder never leaves half a
+    model, and when two processes build at once the first rename wins (everything is seeded, so the
+    copies are identical)."""
+    tmp = out_dir.with_name(f"{out_dir.name}.partial-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    write(tmp)
+    try:
+        tmp.replace(out_dir)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (out_dir / marker).is_file():
+            raise
+    return out_dir
+
+
+def clip_tokenizer():  # type: ignore[no-untyped-def]
+    """A CLIP tokenizer with a small BPE vocabulary learnt from the built-in corpus."""
     from transformers import CLIPTokenizer
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     vocab, merges = _train_bpe(_CORPUS, _MERGES)
-    tokenizer = CLIPTokenizer(
-        vocab={tok: i for i, tok in enumerate(vocab)},
-        merges=merges,
-        model_max_length=77,
-    )
-    tokenizer.save_pretrained(out_dir)
+    return CLIPTokenizer(vocab={tok: i for i, tok in enumerate(vocab)}, merges=merges, model_max_length=77)
+
+
+def write_clip_tokenizer(out_dir: Path) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    clip_tokenizer().save_pretrained(out_dir)
     return out_dir
 
 
@@ -103,12 +121,10 @@ def build_tiny_sd(out_dir: Path, *, seed: int = 0) -> Path:
         return out_dir
     import torch
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextConfig, CLIPTextModel
 
     log.info("building the tiny Stable Diffusion pipeline in %s", out_dir)
-    # A private scratch directory: two processes may build at once, and the first rename wins.
-    tmp = out_dir.with_name(f"{out_dir.name}.partial-{os.getpid()}")
-    tokenizer = CLIPTokenizer.from_pretrained(write_clip_tokenizer(tmp / "tokenizer"))
+    tokenizer = clip_tokenizer()
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
         block_out_channels=(8, 16),
@@ -163,11 +179,4 @@ def build_tiny_sd(out_dir: Path, *, seed: int = 0) -> Path:
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    pipe.save_pretrained(tmp)
-    try:
-        tmp.replace(out_dir)  # readers only ever see a complete model directory
-    except OSError:
-        if not (out_dir / "model_index.json").is_file():
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
+    return save_atomically(out_dir, pipe.save_pretrained, "model_index.json")

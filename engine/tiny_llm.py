@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 from pathlib import Path
 from typing import Any
+
+from engine.tiny import save_atomically
 
 log = logging.getLogger(__name__)
 
@@ -83,22 +83,6 @@ def _train_tokenizer() -> Any:
     return tokenizer
 
 
-def _save_atomically(out_dir: Path, write: Any) -> Path:
-    """Write into a sibling directory, then rename: a crash or a concurrent builder never leaves half a model."""
-    tmp = out_dir.with_name(f"{out_dir.name}.partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    write(tmp)
-    try:
-        tmp.replace(out_dir)
-    except OSError:
-        # Another process finished first; its copy is identical (everything is seeded).
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not (out_dir / "config.json").is_file():
-            raise
-    return out_dir
-
-
 def build_tiny_llm(out_dir: Path, *, seed: int = 0) -> Path:
     """Build (once) and save the tiny model and tokenizer; returns the directory from_pretrained takes."""
     out_dir = Path(out_dir)
@@ -128,7 +112,7 @@ def build_tiny_llm(out_dir: Path, *, seed: int = 0) -> Path:
         Qwen2ForCausalLM(config).save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
 
-    return _save_atomically(out_dir, write)
+    return save_atomically(out_dir, write)
 
 
 def build_random_llm(out_dir: Path, *, config_file: Path = QWEN_1_5B_CONFIG, seed: int = 0) -> Path:
@@ -156,4 +140,4 @@ def build_random_llm(out_dir: Path, *, config_file: Path = QWEN_1_5B_CONFIG, see
         model.save_pretrained(tmp)
         _train_tokenizer().save_pretrained(tmp)
 
-    return _save_atomically(out_dir, write)
+    return save_atomically(out_dir, write)

@@ -17,6 +17,7 @@ from bot.cogs.common import reply_error, request_from
 from bot.db.models import Job
 from bot.errors import AtelierError
 from bot.services.delivery import DEFAULT_UPLOAD_LIMIT, blur, fit_upload, flagged_action, grid
+from bot.services.jobs import ImagineRequest
 
 if TYPE_CHECKING:
     from bot.app import AtelierBot
@@ -58,6 +59,22 @@ def result_view(job: Job) -> discord.ui.View:
     view.add_item(EditPromptButton(job.id))
     view.add_item(InfoButton(job.id))
     return view
+
+
+def rerun_request(interaction: discord.Interaction, job: Job, prompt: str) -> ImagineRequest:
+    """A job's request again, for whoever clicked: same options, a fresh seed, possibly a new prompt."""
+    return request_from(
+        interaction,
+        prompt,
+        negative=job.negative_prompt or None,
+        width=job.width,
+        height=job.height,
+        steps=job.steps,
+        style=job.style,
+        raw=job.expansion_source == "raw",
+        count=job.count,
+        parent_job_id=job.id,
+    )
 
 
 async def _read_images(job: Job) -> list[bytes]:
@@ -183,19 +200,7 @@ class RerollButton(_JobButton, template=r"atelier:reroll:" + JOB_ID):  # type: i
         if job is None:
             return
         # The clicker starts (and pays for) their own job with the original request and a new seed.
-        request = request_from(
-            interaction,
-            job.prompt,
-            negative=job.negative_prompt or None,
-            width=job.width,
-            height=job.height,
-            steps=job.steps,
-            style=job.style,
-            raw=job.expansion_source == "raw",
-            count=job.count,
-            parent_job_id=job.id,
-        )
-        await submit_and_track(interaction.client, interaction, request)  # type: ignore[arg-type]
+        await submit_and_track(interaction.client, interaction, rerun_request(interaction, job, job.prompt))  # type: ignore[arg-type]
 
 
 class InfoButton(_JobButton, template=r"atelier:info:" + JOB_ID):  # type: ignore[call-arg]
@@ -292,19 +297,7 @@ class EditPromptModal(discord.ui.Modal, title="Edit prompt"):
         from bot.cogs.imagine import submit_and_track
 
         await interaction.response.defer(thinking=True)
-        job = self.job
-        request = request_from(
-            interaction,
-            self.prompt.value,
-            negative=job.negative_prompt or None,
-            width=job.width,
-            height=job.height,
-            steps=job.steps,
-            style=job.style,
-            raw=job.expansion_source == "raw",
-            count=job.count,
-            parent_job_id=job.id,
-        )
+        request = rerun_request(interaction, self.job, self.prompt.value)
         await submit_and_track(interaction.client, interaction, request)  # type: ignore[arg-type]
 
 

@@ -48,6 +48,8 @@ def build_tiny_classifier(out_dir: Any) -> Any:
     import torch
     from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 
+    from engine.tiny import save_atomically
+
     torch.manual_seed(0)
     config = ViTConfig(
         image_size=32,
@@ -60,6 +62,9 @@ def build_tiny_classifier(out_dir: Any) -> Any:
         id2label={0: "normal", 1: "nsfw"},
         label2id={"normal": 0, "nsfw": 1},
     )
-    ViTForImageClassification(config).save_pretrained(out_dir)
-    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(out_dir)
-    return out_dir
+
+    def write(tmp: Path) -> None:
+        ViTForImageClassification(config).save_pretrained(tmp)
+        ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(tmp)
+
+    return save_atomically(out_dir, write)
