@@ -72,6 +72,10 @@ class AtelierBot(commands.Bot):
             asyncio.create_task(self._deliver_forever(), name="atelier-delivery"),
             asyncio.create_task(self._progress_forever(), name="atelier-progress"),
         ]
+        pump = getattr(self.services.queue, "pump", None)
+        if pump is not None:
+            # Redis: engines report through a results stream that the bot applies to the database.
+            self._tasks.append(asyncio.create_task(pump(), name="atelier-results"))
 
     def track(self, job_id: str, interaction: discord.Interaction, header: str = "") -> None:
         """Remember who to answer; after a restart, or past the token's life, results go to the channel."""

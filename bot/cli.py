@@ -92,6 +92,9 @@ def cmd_engine(args: argparse.Namespace) -> int:
 
 
 async def live_workers(services: Any, model: str) -> int:
+    backend = getattr(services.queue, "live_workers", None)
+    if backend is not None:
+        return await backend(model)
     from sqlalchemy import func, select
 
     from bot.db.base import utcnow
@@ -160,11 +163,16 @@ async def _imagine(args: argparse.Namespace) -> int:
         if await live_workers(services, job.model) == 0:
             engine = spawn_engine(settings)
             log.info("started an engine (pid %d) for this job", engine.pid)
+        pump = getattr(services.queue, "pump", None)
+        pumping = asyncio.create_task(pump()) if pump is not None else None
         try:
             job = await _wait_for(services, job.id, engine, args.timeout)
         except TimeoutError:
             print(f"error: job {job.id} did not finish within {args.timeout:g}s", file=sys.stderr)
             return EXIT_FAILED
+        finally:
+            if pumping is not None:
+                pumping.cancel()
         if args.json:
             _print_json(job_to_dict(job))
         else:

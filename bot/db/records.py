@@ -11,6 +11,7 @@ import io
 import logging
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from PIL import Image as PILImage
 from sqlalchemy import delete, select, update
@@ -40,13 +41,20 @@ def write_images(images_dir: Path, job_id: str, images: list[GeneratedImage]) ->
     return paths
 
 
+def _open_job(job_id: str, lease_owner: str | None) -> list[Any]:
+    """The row a result may still change. With a lease owner (SQLite backend) the row must be running
+    under that lease; without one (results arriving from Redis, where the row never left "queued") any
+    row not yet ended will do, which also makes applying the same result twice harmless."""
+    if lease_owner is not None:
+        return [Job.id == job_id, Job.status == JobStatus.RUNNING, Job.lease_owner == lease_owner]
+    return [Job.id == job_id, Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING])]
+
+
 async def record_success(
     session: AsyncSession, job_id: str, result: JobResult, paths: list[Path], *, lease_owner: str | None
 ) -> bool:
     """Mark the job succeeded; False when the lease was lost and someone else owns the job now."""
-    conditions = [Job.id == job_id, Job.status == JobStatus.RUNNING]
-    if lease_owner is not None:
-        conditions.append(Job.lease_owner == lease_owner)
+    conditions = _open_job(job_id, lease_owner)
     now = utcnow()
     row = await session.execute(
         update(Job)
@@ -103,9 +111,7 @@ async def record_failure(
     backoff_seconds: float = 2.0,
 ) -> str | None:
     """Put the job back for another attempt or end it; returns the new status, None if not ours."""
-    conditions = [Job.id == job_id, Job.status == JobStatus.RUNNING]
-    if lease_owner is not None:
-        conditions.append(Job.lease_owner == lease_owner)
+    conditions = _open_job(job_id, lease_owner)
     job = (await session.execute(select(Job).where(*conditions))).scalar_one_or_none()
     if job is None:
         return None

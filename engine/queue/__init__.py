@@ -18,7 +18,7 @@ def open_queue(settings, database=None) -> JobQueue:  # type: ignore[no-untyped-
     """The backend named by ``settings.queue_url``: SQLite lease table by default, Redis Streams if redis://."""
     url = settings.queue_url
     if url and url.startswith(("redis://", "rediss://", "unix://")):
-        from engine.queue.redis import RedisQueue
+        from engine.queue.redis_streams import RedisQueue
 
         return RedisQueue(url, settings=settings, database=database)
     from bot.db.session import Database

@@ -171,19 +171,7 @@ class SqliteQueue:
             )
 
     async def cancel(self, job_id: str) -> str | None:
-        async with self.db.transaction() as session:
-            job = await session.get(Job, job_id)
-            if job is None:
-                return None
-            if job.status == JobStatus.QUEUED:
-                job.status = JobStatus.CANCELLED
-                job.finished_at = utcnow()
-                await refund(session, [job_id])
-            elif job.status == JobStatus.RUNNING:
-                # The worker sees this on its next lease renewal and interrupts the pipeline.
-                job.cancel_requested = True
-                return "cancelling"
-            return job.status
+        return await cancel_in_database(self.db, job_id)
 
     async def heartbeat(self, worker_id: str, model: str) -> None:
         now = utcnow()
@@ -204,6 +192,43 @@ class SqliteQueue:
         await self.db.dispose()
 
 
+async def cancel_in_database(database: Database, job_id: str) -> str | None:
+    """A queued job ends at once with a refund; a running one is flagged for its worker."""
+    async with database.transaction() as session:
+        job = await session.get(Job, job_id)
+        if job is None:
+            return None
+        if job.status == JobStatus.QUEUED:
+            job.status = JobStatus.CANCELLED
+            job.finished_at = utcnow()
+            await refund(session, [job_id])
+        elif job.status == JobStatus.RUNNING:
+            # The worker sees this on its next lease renewal and interrupts the pipeline.
+            job.cancel_requested = True
+            return "cancelling"
+        return job.status
+
+
+def claimed_params(job: Job) -> JobParams:
+    """What a worker needs of a job row."""
+    return JobParams(
+        kind=job.kind,
+        prompt=job.expanded_prompt,
+        negative_prompt=job.negative_prompt,
+        model=job.model,
+        width=job.width,
+        height=job.height,
+        steps=job.steps,
+        guidance=job.guidance,
+        seed=job.seed,
+        count=job.count,
+        scheduler=job.scheduler,
+        strength=job.strength,
+        init_image=job.init_image,
+        member_prompt=job.prompt,
+    )
+
+
 def _claimed(job: Job) -> ClaimedJob:
     return ClaimedJob(
         id=job.id,
@@ -211,20 +236,5 @@ def _claimed(job: Job) -> ClaimedJob:
         attempt=job.attempts,
         max_attempts=job.max_attempts,
         lease_token=job.lease_owner or "",
-        params=JobParams(
-            kind=job.kind,
-            prompt=job.expanded_prompt,
-            negative_prompt=job.negative_prompt,
-            model=job.model,
-            width=job.width,
-            height=job.height,
-            steps=job.steps,
-            guidance=job.guidance,
-            seed=job.seed,
-            count=job.count,
-            scheduler=job.scheduler,
-            strength=job.strength,
-            init_image=job.init_image,
-            member_prompt=job.prompt,
-        ),
+        params=claimed_params(job),
     )
