@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -173,6 +174,8 @@ async def _imagine(args: argparse.Namespace) -> int:
         finally:
             if pumping is not None:
                 pumping.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await pumping
         if args.json:
             _print_json(job_to_dict(job))
         else:

@@ -9,7 +9,7 @@ import signal
 
 from bot.config import Settings
 from bot.db.migrate import upgrade
-from engine.queue import open_queue
+from engine.queue import is_redis_url, open_queue
 from engine.worker import EngineWorker, WorkerConfig
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,9 @@ def load_pipeline(settings: Settings):  # type: ignore[no-untyped-def]
 
 async def serve(settings: Settings, *, max_batch: int = 1, idle_exit_seconds: float | None = None) -> int:
     settings.ensure_dirs()
-    await upgrade(settings.db_url)
+    if not is_redis_url(settings.queue_url):
+        # The SQLite queue lives in the project's database; an engine on Redis needs none.
+        await upgrade(settings.db_url)
     pipeline = await asyncio.to_thread(load_pipeline, settings)
     queue = open_queue(settings)
     worker = EngineWorker(

@@ -11,16 +11,31 @@ from engine.queue.protocol import (
     LeaseState,
 )
 
-__all__ = ["ClaimedJob", "GeneratedImage", "JobParams", "JobQueue", "JobResult", "LeaseState", "open_queue"]
+__all__ = [
+    "ClaimedJob",
+    "GeneratedImage",
+    "JobParams",
+    "JobQueue",
+    "JobResult",
+    "LeaseState",
+    "is_redis_url",
+    "open_queue",
+]
+
+
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def is_redis_url(url: str | None) -> bool:
+    return bool(url) and url.startswith(REDIS_SCHEMES)  # type: ignore[union-attr]
 
 
 def open_queue(settings, database=None) -> JobQueue:  # type: ignore[no-untyped-def]
     """The backend named by ``settings.queue_url``: SQLite lease table by default, Redis Streams if redis://."""
-    url = settings.queue_url
-    if url and url.startswith(("redis://", "rediss://", "unix://")):
-        from engine.queue.redis_streams import RedisQueue
+    if is_redis_url(settings.queue_url):
+        from engine.queue.redis import RedisQueue
 
-        return RedisQueue(url, settings=settings, database=database)
+        return RedisQueue(settings.queue_url, settings=settings, database=database)
     from bot.db.session import Database
     from engine.queue.sqlite import SqliteQueue
 

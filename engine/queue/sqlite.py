@@ -9,7 +9,7 @@ import logging
 import os
 import socket
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import String, case, cast, func, select, text, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -187,6 +187,52 @@ class SqliteQueue:
     async def worker_stopped(self, worker_id: str) -> None:
         async with self.db.transaction() as session:
             await session.execute(update(Worker).where(Worker.id == worker_id).values(stopped_at=utcnow()))
+
+    async def status(self) -> dict[str, Any]:
+        now = utcnow()
+        alive_after = now - timedelta(seconds=max(10.0, 3 * self.settings.heartbeat_seconds))
+        async with self.db.sessions() as session:
+            counts = dict((await session.execute(select(Job.status, func.count()).group_by(Job.status))).all())
+            running = (
+                await session.execute(
+                    select(Job.id, Job.lease_owner, Job.started_at, Job.model, Job.user_id, Job.attempts).where(
+                        Job.status == JobStatus.RUNNING
+                    )
+                )
+            ).all()
+            workers = (await session.execute(select(Worker).where(Worker.stopped_at.is_(None)))).scalars().all()
+            oldest = (
+                await session.execute(select(func.min(Job.created_at)).where(Job.status == JobStatus.QUEUED))
+            ).scalar_one()
+        return {
+            "queue_depth": counts.get(JobStatus.QUEUED, 0),
+            "running": len(running),
+            "jobs_by_status": counts,
+            "oldest_queued_seconds": (now - oldest).total_seconds() if oldest else None,
+            "running_jobs": [
+                {
+                    "job_id": r.id,
+                    "worker": (r.lease_owner or "").rsplit(":", 1)[0],
+                    "user_id": r.user_id,
+                    "model": r.model,
+                    "attempt": r.attempts,
+                    "started_at": r.started_at,
+                }
+                for r in running
+            ],
+            "workers": [
+                {
+                    "id": w.id,
+                    "host": w.host,
+                    "pid": w.pid,
+                    "model": w.model,
+                    "started_at": w.started_at,
+                    "heartbeat_at": w.heartbeat_at,
+                    "alive": w.heartbeat_at >= alive_after,
+                }
+                for w in workers
+            ],
+        }
 
     async def close(self) -> None:
         await self.db.dispose()
