@@ -139,7 +139,8 @@ async def test_sigterm_lets_the_running_job_finish(
     database: Database, settings: Settings, settings_env: dict[str, str]
 ) -> None:
     job_id = await add_job(database, width=128, height=128, steps=10)
-    engine = _engine(settings_env)
+    # A grace period far longer than the job, so a busy machine cannot turn "finish" into "release".
+    engine = _engine({**settings_env, "ATELIER_SHUTDOWN_GRACE_SECONDS": "120"})
     try:
         await _wait_status(database, job_id, {"running"})
         engine.send_signal(signal.SIGTERM)
