@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
+from typing import Any
 
 from bot.config import TINY_MODEL
 
@@ -30,3 +32,65 @@ def pick_device(device: str = "auto", dtype: str = "auto"):  # type: ignore[no-u
     else:
         torch_dtype = getattr(torch, dtype)
     return torch.device(device), torch_dtype
+
+
+ARCHITECTURES = ("sd-turbo", "sdxl-turbo")
+CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def architecture(arch: str) -> dict[str, Any]:
+    """The shipped architecture description of a real model (UNet, VAE, text encoders, scheduler)."""
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(ARCHITECTURES)}")
+    return json.loads((CONFIGS_DIR / f"{arch}.json").read_text())
+
+
+def build_random_pipeline(arch: str, *, device: Any = "cpu", dtype: Any = None, seed: int = 0) -> Any:
+    """A pipeline of the real architecture with random weights: no download, and the same speed as
+    the real weights, since the work depends on shapes only.
+
+    Tokenizers: the tiny CLIP BPE tokenizer of engine.tiny. Its ids are a subset of the real 49408-token
+    vocabulary, so the text encoders keep their real configs (embedding table included), and every
+    prompt is padded to the encoder's 77 positions as with the real tokenizer, so encoding costs the same.
+    With ``device="meta"`` nothing is allocated: the modules only describe their shapes.
+    """
+    import tempfile
+
+    import diffusers
+    import torch
+    import transformers
+    from transformers import CLIPTextConfig, CLIPTokenizer
+
+    from engine.tiny import write_clip_tokenizer
+
+    spec = architecture(arch)
+    with tempfile.TemporaryDirectory(prefix="atelier-tokenizer-") as scratch:
+        tokenizer = CLIPTokenizer.from_pretrained(write_clip_tokenizer(Path(scratch)))
+    torch.manual_seed(seed)
+    components: dict[str, Any] = {}
+    # Parameters are created where they will run: initialising billions of them on a GPU takes
+    # seconds, on a CPU minutes.
+    with torch.device(device):
+        for name in ("unet", "vae"):
+            config = dict(spec[name])
+            components[name] = getattr(diffusers, config.pop("_class_name")).from_config(config)
+        for name in ("text_encoder", "text_encoder_2"):
+            if name not in spec:
+                continue
+            config = dict(spec[name])
+            model_class = getattr(transformers, config.pop("architectures")[0])
+            components[name] = model_class(CLIPTextConfig(**config))
+            components[name.replace("text_encoder", "tokenizer")] = tokenizer
+    scheduler_config = dict(spec["scheduler"])
+    components["scheduler"] = getattr(diffusers, scheduler_config.pop("_class_name")).from_config(scheduler_config)
+    pipeline_class = getattr(diffusers, spec["pipeline"])
+    extra: dict[str, Any] = dict(spec.get("pipeline_config", {}))
+    if spec["pipeline"] == "StableDiffusionPipeline":
+        extra.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    else:
+        extra.update(add_watermarker=False)
+    pipe = pipeline_class(**components, **extra)
+    if dtype is not None and str(device) != "meta":
+        pipe.to(dtype=dtype)
+    log.info("built %s with random weights on %s", arch, device)
+    return pipe
