@@ -345,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("engine", help="run a GPU engine worker")
     common(p)
-    p.add_argument("--max-batch", type=int, default=1, help="jobs run as one pipeline call at most")
+    p.add_argument("--max-batch", type=int, help="jobs run as one pipeline call at most (ATELIER_MAX_BATCH)")
     p.add_argument("--idle-exit", type=float, default=None, help="exit after this many idle seconds")
     p.set_defaults(func=cmd_engine)
 
@@ -440,6 +440,13 @@ def _add_feature_commands(sub: Any, common: Any) -> None:
     common(p)
     add_bench_expand_arguments(p)
     p.set_defaults(func=run_bench_expand)
+
+    from engine.bench import add_bench_engine_arguments, run_bench_engine
+
+    p = bench.add_parser("engine", help="batched engine against plain sequential diffusers calls")
+    common(p)
+    add_bench_engine_arguments(p)
+    p.set_defaults(func=run_bench_engine)
 
 
 def main(argv: list[str] | None = None) -> int:

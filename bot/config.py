@@ -53,6 +53,10 @@ class Settings(BaseSettings):
     claim_poll_seconds: float = 0.2
     max_attempts: int = 3
     shutdown_grace_seconds: float = 20.0
+    # Jobs one pipeline call may take, and how long an engine waits to fill a batch (see the README's
+    # engine benchmark for how these were chosen).
+    max_batch: int = 8
+    batch_wait_ms: float = 50.0
 
     expansion_mode: str = "presets"
     expansion_model: str = "Qwen/Qwen2.5-1.5B-Instruct"

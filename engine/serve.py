@@ -30,10 +30,18 @@ def load_pipeline(settings: Settings):  # type: ignore[no-untyped-def]
 
     settings.ensure_dirs()
     source = resolve_model(settings.image_model, settings.models_dir)
-    return TextToImage(settings.image_model, source, device=settings.device, dtype=settings.dtype)
+    pipeline = TextToImage(settings.image_model, source, device=settings.device, dtype=settings.dtype)
+    if not settings.safety_model:
+        return pipeline
+    from engine.pipelines.safety import SafetyClassifier, ScoredPipeline, build_tiny_classifier
+
+    classifier_source = settings.safety_model
+    if classifier_source == "tiny":
+        classifier_source = str(build_tiny_classifier(settings.models_dir / "tiny-safety"))
+    return ScoredPipeline(pipeline, SafetyClassifier(classifier_source, device=pipeline.device))
 
 
-async def serve(settings: Settings, *, max_batch: int = 1, idle_exit_seconds: float | None = None) -> int:
+async def serve(settings: Settings, *, max_batch: int | None = None, idle_exit_seconds: float | None = None) -> int:
     settings.ensure_dirs()
     if not is_redis_url(settings.queue_url):
         # The SQLite queue lives in the project's database; an engine on Redis needs none.
@@ -44,7 +52,8 @@ async def serve(settings: Settings, *, max_batch: int = 1, idle_exit_seconds: fl
         queue,
         pipeline,
         WorkerConfig(
-            max_batch=max_batch,
+            max_batch=max_batch or settings.max_batch,
+            batch_wait_ms=settings.batch_wait_ms,
             heartbeat_seconds=settings.heartbeat_seconds,
             poll_seconds=settings.claim_poll_seconds,
             shutdown_grace_seconds=settings.shutdown_grace_seconds,

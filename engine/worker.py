@@ -54,7 +54,8 @@ class WorkerConfig:
     # Jobs run as one pipeline call at most (each job may hold several images of a grid).
     max_batch: int = DEFAULT_MAX_BATCH
     # When a claim brings fewer than max_batch jobs, keep claiming for up to this long before running:
-    # jobs of a burst arrive a few milliseconds apart, and one batched call costs far less than several.
+    # the jobs of a burst reach the queue over tens of milliseconds, and one batched call costs far less
+    # than several.
     batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS
     heartbeat_seconds: float = 5.0
     poll_seconds: float = 0.2

@@ -68,3 +68,26 @@ def build_tiny_classifier(out_dir: Any) -> Any:
         ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(tmp)
 
     return save_atomically(out_dir, write)
+
+
+class ScoredPipeline:
+    """Wraps a pipeline so every image it returns carries the classifier's NSFW score."""
+
+    def __init__(self, pipeline: Any, classifier: SafetyClassifier) -> None:
+        self.pipeline = pipeline
+        self.classifier = classifier
+        self.model = pipeline.model
+
+    def generate(self, jobs: Sequence[Any], **options: Any) -> Any:
+        import dataclasses
+        import io
+
+        from PIL import Image
+
+        output = self.pipeline.generate(jobs, **options)
+        scored = []
+        for images in output.images:
+            pictures = [Image.open(io.BytesIO(image.png)).convert("RGB") for image in images]
+            scores = self.classifier.scores(pictures)
+            scored.append([dataclasses.replace(image, nsfw_score=s) for image, s in zip(images, scores, strict=True)])
+        return dataclasses.replace(output, images=scored)
