@@ -56,6 +56,8 @@ class Settings(BaseSettings):
     # Jobs one pipeline call may take, and how long an engine waits to fill a batch (see the README's
     # engine benchmark for how these were chosen).
     max_batch: int = 8
+    # Prometheus metrics of an engine on this port; None keeps them off.
+    metrics_port: int | None = None
     batch_wait_ms: float = 50.0
 
     expansion_mode: str = "presets"

@@ -48,6 +48,13 @@ async def serve(settings: Settings, *, max_batch: int | None = None, idle_exit_s
         await upgrade(settings.db_url)
     pipeline = await asyncio.to_thread(load_pipeline, settings)
     queue = open_queue(settings)
+    metrics_server = None
+    if settings.metrics_port:
+        from engine.metrics import EngineMetrics, MeteredPipeline, MeteredQueue, serve_metrics
+
+        metrics = EngineMetrics(pipeline.model)
+        pipeline, queue = MeteredPipeline(pipeline, metrics), MeteredQueue(queue, metrics)
+        metrics_server = await serve_metrics(metrics, settings.metrics_port)
     worker = EngineWorker(
         queue,
         pipeline,
@@ -68,5 +75,7 @@ async def serve(settings: Settings, *, max_batch: int | None = None, idle_exit_s
         await worker.run()
     finally:
         await queue.close()
+        if metrics_server is not None:
+            metrics_server.close()
     log.info("engine %s stopped after %d job(s)", worker.worker_id, worker.completed)
     return 0
