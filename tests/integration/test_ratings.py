@@ -90,3 +90,28 @@ async def test_delivery_claim_is_exclusive(database: Database) -> None:
         assert await second.claim(job_id)
     finally:
         await second.db.dispose()
+
+
+async def test_stats_count_images_per_day_and_rank_rated_images(database: Database) -> None:
+    from bot.db.models import Job, JobStatus
+    from bot.services.stats import guild_stats
+
+    job_id = await _delivered_job(database)
+    async with database.transaction() as session:
+        job = await session.get(Job, job_id)
+        job.status, job.style, job.count = JobStatus.SUCCEEDED, "anime", 2  # type: ignore[union-attr]
+    ratings = RatingService(database)
+    await ratings.add(message_id=MESSAGE, user_id=2, emoji="⭐", is_bot=False)
+    await ratings.add(message_id=MESSAGE, user_id=3, emoji="👍", is_bot=False)
+    stats = await guild_stats(database, 1)
+    assert list(stats["images_per_day"].values()) == [2]
+    [top] = stats["top_rated"]
+    assert top["job_id"] == job_id and top["average"] == 4.5 and top["ratings"] == 2
+    assert stats["average_by_style"] == {"anime": 4.5}
+    assert stats["average_by_model"] == {"atelier/tiny-sd": 4.5}
+    assert await guild_stats(database, 999) == {
+        "images_per_day": {},
+        "top_rated": [],
+        "average_by_style": {},
+        "average_by_model": {},
+    }
