@@ -140,6 +140,10 @@ class AtelierBot(commands.Bot):
     async def close(self) -> None:
         for task in self._tasks:
             task.cancel()
+        # Wait until they have really stopped: a loop cancelled mid-query must finish with the database
+        # before the caller disposes of it, or its connection's cleanup waits forever.
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
         await super().close()
 
 
