@@ -351,7 +351,8 @@ async def test_two_engine_processes_one_killed_mid_job_every_job_completes_and_i
         await bots[0].publish(job_id)
 
     # The engines share Redis and the models cache, nothing else: each has its own data directory.
-    env = {**settings_env, "ATELIER_QUEUE_URL": redis_url}
+    # One job per claim, so that the engine killed holds the slow job alone and only it runs twice.
+    env = {**settings_env, "ATELIER_QUEUE_URL": redis_url, "ATELIER_MAX_BATCH": "1"}
     engines = {p.pid: p for p in (_engine(env, tmp_path / "engine-a"), _engine(env, tmp_path / "engine-b"))}
     stop = asyncio.Event()
     pumps = [asyncio.create_task(bot.pump(stop, block_ms=50)) for bot in bots]
