@@ -11,7 +11,6 @@ import os
 import subprocess
 import sys
 import time
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -92,23 +91,6 @@ def cmd_engine(args: argparse.Namespace) -> int:
     return asyncio.run(serve(settings, max_batch=args.max_batch, idle_exit_seconds=args.idle_exit))
 
 
-async def live_workers(services: Any, model: str) -> int:
-    backend = getattr(services.queue, "live_workers", None)
-    if backend is not None:
-        return await backend(model)
-    from sqlalchemy import func, select
-
-    from bot.db.base import utcnow
-    from bot.db.models import Worker
-
-    fresh = utcnow() - timedelta(seconds=max(10.0, 3 * services.settings.heartbeat_seconds))
-    async with services.db.sessions() as session:
-        query = select(func.count()).where(
-            Worker.model == model, Worker.stopped_at.is_(None), Worker.heartbeat_at >= fresh
-        )
-        return int((await session.execute(query)).scalar_one())
-
-
 def spawn_engine(settings: Settings, *, idle_exit: float = 30.0) -> subprocess.Popen[bytes]:
     """An engine of our own that exits once the queue has been idle a while."""
     logs = settings.data_dir / "logs"
@@ -161,7 +143,7 @@ async def _imagine(args: argparse.Namespace) -> int:
             _print_json({"job_id": job.id, "status": job.status}) if args.json else print(job.id)
             return 0
         engine = None
-        if await live_workers(services, job.model) == 0:
+        if await services.queue.live_workers(job.model) == 0:
             engine = spawn_engine(settings)
             log.info("started an engine (pid %d) for this job", engine.pid)
         pump = getattr(services.queue, "pump", None)

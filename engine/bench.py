@@ -487,30 +487,11 @@ async def _enqueue(
     database: Database, job_id: str, user_id: int, params: JobParams, enqueued: dict[str, float]
 ) -> None:
     """The row the bot writes when a member's request is accepted (quota and expansion are the bot's part)."""
-    from bot.db.base import utcnow
-    from bot.db.models import Job, JobStatus
+    from engine.queue.sqlite import job_row
 
     enqueued[job_id] = time.monotonic()
-    now = utcnow()
     async with database.transaction() as session:
         session.add(
-            Job(
-                id=job_id,
-                guild_id=1,
-                # One member per request: a burst from many members, as on a busy server.
-                user_id=user_id,
-                prompt=params.prompt,
-                expanded_prompt=params.prompt,
-                negative_prompt=params.negative_prompt,
-                model=params.model,
-                width=params.width,
-                height=params.height,
-                steps=params.steps,
-                guidance=params.guidance,
-                seed=params.seed,
-                count=params.count,
-                status=JobStatus.QUEUED,
-                created_at=now,
-                available_at=now,
-            )
+            # One member per request: a burst from many members, as on a busy server.
+            job_row(job_id, params, guild_id=1, user_id=user_id)
         )

@@ -24,6 +24,7 @@ from bot.services.moderation import check_prompt
 from bot.services.quota import QuotaService
 from engine.pipelines.costs import compute_units
 from engine.queue.protocol import JobParams, JobQueue
+from engine.queue.sqlite import job_row
 
 log = logging.getLogger(__name__)
 
@@ -254,32 +255,19 @@ class JobService:
                 compute_units=units,
                 role_ids=request.role_ids,
             )
-            job = Job(
-                id=job_id,
+            job = job_row(
+                job_id,
+                params,
                 guild_id=request.guild_id,
                 user_id=request.user_id,
                 channel_id=request.channel_id,
                 parent_job_id=request.parent_job_id,
-                kind=params.kind,
-                prompt=params.prompt,
                 expanded_prompt=expansion.expanded,
                 negative_prompt=expansion.negative,
                 expansion_source=expansion.source,
                 style=expansion.style,
-                model=params.model,
-                width=params.width,
-                height=params.height,
-                steps=params.steps,
-                guidance=params.guidance,
-                seed=params.seed,
-                count=params.count,
-                strength=params.strength,
-                init_image=params.init_image,
-                status=JobStatus.QUEUED,
                 max_attempts=self.settings.max_attempts,
                 compute_units=units,
-                created_at=utcnow(),
-                available_at=utcnow(),
             )
             session.add(job)
         await self.queue.publish(job_id)

@@ -234,6 +234,9 @@ class SqliteQueue:
             ],
         }
 
+    async def live_workers(self, model: str) -> int:
+        return sum(1 for w in (await self.status())["workers"] if w["alive"] and w["model"] == model)
+
     async def close(self) -> None:
         await self.db.dispose()
 
@@ -253,6 +256,33 @@ async def cancel_in_database(database: Database, job_id: str) -> str | None:
             job.cancel_requested = True
             return "cancelling"
         return job.status
+
+
+def job_row(job_id: str, params: JobParams, **fields: Any) -> Job:
+    """A queued job row carrying ``params``; ``claimed_params`` reads them back. ``fields`` add the rest
+    (who asked, where, the expansion) or override the prompts."""
+    now = utcnow()
+    values: dict[str, Any] = {
+        "id": job_id,
+        "kind": params.kind,
+        "prompt": params.member_prompt or params.prompt,
+        "expanded_prompt": params.prompt,
+        "negative_prompt": params.negative_prompt,
+        "model": params.model,
+        "width": params.width,
+        "height": params.height,
+        "steps": params.steps,
+        "guidance": params.guidance,
+        "seed": params.seed,
+        "count": params.count,
+        "scheduler": params.scheduler,
+        "strength": params.strength,
+        "init_image": params.init_image,
+        "status": JobStatus.QUEUED,
+        "created_at": now,
+        "available_at": now,
+    }
+    return Job(**(values | fields))
 
 
 def claimed_params(job: Job) -> JobParams:
