@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import discord
 from discord.ext import commands
 
+from bot.background import BackgroundLoop
 from bot.config import Settings
 from bot.services.container import Services
 from bot.services.delivery import DeliveryService
@@ -59,7 +60,9 @@ class AtelierBot(commands.Bot):
         self.pending_replies: dict[str, PendingReply] = {}
         self.delivery_poll_seconds = 0.25
         self.progress_interval_seconds = 1.0
-        self._tasks: list[asyncio.Task[None]] = []
+        self._loops: list[BackgroundLoop] = []
+        self._pumping: asyncio.Task[None] | None = None
+        self._stop_pumping = asyncio.Event()
 
     async def setup_hook(self) -> None:
         for extension in EXTENSIONS:
@@ -68,57 +71,56 @@ class AtelierBot(commands.Bot):
         if self.settings.sync_commands:
             synced = await self.tree.sync()
             log.info("synced %d global commands", len(synced))
-        self._tasks = [
-            asyncio.create_task(self._deliver_forever(), name="atelier-delivery"),
-            asyncio.create_task(self._progress_forever(), name="atelier-progress"),
+        self._loops = [
+            BackgroundLoop(
+                self._deliver_pass, self.delivery_poll_seconds, name="atelier-delivery", ready=self.wait_until_ready
+            ).start(),
+            BackgroundLoop(
+                self._progress_pass,
+                self.progress_interval_seconds,
+                name="atelier-progress",
+                ready=self.wait_until_ready,
+            ).start(),
         ]
         pump = getattr(self.services.queue, "pump", None)
         if pump is not None:
             # Redis: engines report through a results stream that the bot applies to the database.
-            self._tasks.append(asyncio.create_task(pump(), name="atelier-results"))
+            self._pumping = asyncio.create_task(pump(self._stop_pumping), name="atelier-results")
 
     def track(self, job_id: str, interaction: discord.Interaction, header: str = "") -> None:
         """Remember who to answer; after a restart, or past the token's life, results go to the channel."""
         self.pending_replies[job_id] = PendingReply(interaction, time.monotonic(), header)
 
-    async def _progress_forever(self) -> None:
-        """Edit each waiting member's status message, at most once a second (Discord rate-limits edits)."""
-        await self.wait_until_ready()
-        while not self.is_closed():
-            for job_id, pending in list(self.pending_replies.items()):
-                if pending.status_gone or not pending.usable:
-                    continue
-                try:
-                    progress = await self.services.jobs.progress(job_id)
-                except Exception:
-                    log.debug("no progress for job %s", job_id, exc_info=True)
-                    continue
-                if progress.status not in ("queued", "running"):
-                    continue
-                text = f"{pending.header}\n{progress.describe()}" if pending.header else progress.describe()
-                if text == pending.shown:
-                    continue
-                try:
-                    await pending.interaction.edit_original_response(content=text)
-                    pending.shown = text
-                except discord.NotFound:
-                    pending.status_gone = True  # the member deleted it: stop editing, still deliver
-                except discord.HTTPException:
-                    log.debug("progress edit failed for job %s", job_id, exc_info=True)
-            await asyncio.sleep(self.progress_interval_seconds)
+    async def _progress_pass(self) -> None:
+        """Edit each waiting member's status message; passes run at most once a second (Discord
+        rate-limits edits)."""
+        for job_id, pending in list(self.pending_replies.items()):
+            if pending.status_gone or not pending.usable:
+                continue
+            try:
+                progress = await self.services.jobs.progress(job_id)
+            except Exception:
+                log.debug("no progress for job %s", job_id, exc_info=True)
+                continue
+            if progress.status not in ("queued", "running"):
+                continue
+            text = f"{pending.header}\n{progress.describe()}" if pending.header else progress.describe()
+            if text == pending.shown:
+                continue
+            try:
+                await pending.interaction.edit_original_response(content=text)
+                pending.shown = text
+            except discord.NotFound:
+                pending.status_gone = True  # the member deleted it: stop editing, still deliver
+            except discord.HTTPException:
+                log.debug("progress edit failed for job %s", job_id, exc_info=True)
 
-    async def _deliver_forever(self) -> None:
+    async def _deliver_pass(self) -> None:
         from bot.cogs.results import deliver_job
 
-        await self.wait_until_ready()
-        while not self.is_closed():
-            try:
-                for job in await self.delivery.pending():
-                    if await self.delivery.claim(job.id):
-                        await deliver_job(self, job)
-            except Exception:
-                log.exception("delivery pass failed")
-            await asyncio.sleep(self.delivery_poll_seconds)
+        for job in await self.delivery.pending():
+            if await self.delivery.claim(job.id):
+                await deliver_job(self, job)
 
     async def on_app_command_error(
         self, interaction: discord.Interaction, error: discord.app_commands.AppCommandError
@@ -138,12 +140,13 @@ class AtelierBot(commands.Bot):
         await reply_error(interaction, "Something went wrong on our side; it has been logged.")
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        # Wait until they have really stopped: a loop cancelled mid-query must finish with the database
-        # before the caller disposes of it, or its connection's cleanup waits forever.
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
+        # Stopped between passes, never cancelled mid-query (see bot.background), and waited for, so
+        # nothing still uses the database when the caller disposes of it.
+        self._stop_pumping.set()
+        await asyncio.gather(*(loop.stop() for loop in self._loops))
+        if self._pumping is not None:
+            await asyncio.gather(self._pumping, return_exceptions=True)
+        self._loops, self._pumping = [], None
         await super().close()
 
 

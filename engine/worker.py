@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from bot.background import BackgroundLoop
 from engine.pipelines.costs import compute_units
 from engine.pipelines.text_to_image import BatchOutput, Interrupted
 from engine.queue.protocol import ClaimedJob, JobParams, JobQueue, JobResult, LeaseState
@@ -105,6 +106,8 @@ class EngineWorker:
         # Optional on a queue: ``progress(job, step)`` stores the step the member's status message shows.
         self._report_progress: Callable[[ClaimedJob, int], Any] | None = getattr(queue, "progress", None)
         self._settling: asyncio.Task[None] | None = None
+        # Lease renewals, some perhaps still running on for a claim whose results are being recorded.
+        self._leases: set[BackgroundLoop] = set()
 
     def request_stop(self) -> None:
         if not self.stopping.is_set():
@@ -112,7 +115,7 @@ class EngineWorker:
         self.stopping.set()
 
     async def run(self) -> None:
-        heartbeat = asyncio.create_task(self._heartbeat_loop())
+        heartbeat = BackgroundLoop(self._heartbeat, self.config.heartbeat_seconds, name="engine-heartbeat").start()
         idle_since = time.monotonic()
         try:
             while not self.stopping.is_set():
@@ -133,7 +136,8 @@ class EngineWorker:
             try:
                 await self._drain()
             finally:
-                heartbeat.cancel()
+                # Loops end between passes, never mid-query (see bot.background).
+                await asyncio.gather(*(leases.stop() for leases in self._leases), heartbeat.stop())
                 await self.queue.worker_stopped(self.worker_id)
 
     async def _claim(self, limit: int) -> list[ClaimedJob]:
@@ -157,23 +161,23 @@ class EngineWorker:
 
     async def _run_claim(self, claim: _Claim) -> None:
         # Leases are renewed from the first claim on, through the wait for more jobs.
-        leases = asyncio.create_task(self._keep_leases(claim))
+        leases = BackgroundLoop(
+            lambda: self._renew_leases(claim), self.config.heartbeat_seconds, name="engine-leases", delay_first=True
+        ).start()
+        self._leases = {loop for loop in self._leases if not loop.done()} | {leases}
         grace = asyncio.create_task(self._abort_after_grace(claim))
         try:
             await self._fill(claim)
             for group in _group_by_batch_key(claim.jobs):
                 await self._run_batch(_Batch(group, claim))
-        except BaseException:
-            leases.cancel()
-            raise
         finally:
             grace.cancel()
-        # The last batch's results are still being recorded: renew its leases until they are.
-        settling = self._settling
-        if settling is None:
-            leases.cancel()
-        else:
-            settling.add_done_callback(lambda _: leases.cancel())
+            # The last batch's results may still be being recorded: its leases are renewed until they are.
+            settling = self._settling
+            if settling is None or settling.done():
+                leases.stopping.set()
+            else:
+                settling.add_done_callback(lambda _: leases.stopping.set())
 
     async def _drain(self) -> None:
         settling, self._settling = self._settling, None
@@ -185,31 +189,24 @@ class EngineWorker:
             # The jobs keep their leases until they expire, then go back to the queue for another try.
             log.exception("recording the results of a batch failed")
 
-    async def _heartbeat_loop(self) -> None:
-        while True:
-            try:
-                await self.queue.heartbeat(self.worker_id, self.pipeline.model)
-            except Exception:
-                log.exception("worker heartbeat failed")
-            await asyncio.sleep(self.config.heartbeat_seconds)
+    async def _heartbeat(self) -> None:
+        await self.queue.heartbeat(self.worker_id, self.pipeline.model)
 
-    async def _keep_leases(self, claim: _Claim) -> None:
-        while True:
-            await asyncio.sleep(self.config.heartbeat_seconds)
-            for job in list(claim.jobs):
-                if job.id in claim.lost or job.id in claim.settled:
-                    continue
-                try:
-                    state = await self.queue.renew(job)
-                except Exception:
-                    # A busy database now and then must not end the renewals of every job in the claim.
-                    log.exception("renewing the lease on job %s failed", job.id)
-                    continue
-                if state is LeaseState.LOST:
-                    log.warning("lost the lease on job %s", job.id)
-                    claim.lost.add(job.id)
-                elif state is LeaseState.CANCELLED:
-                    claim.cancelled.add(job.id)
+    async def _renew_leases(self, claim: _Claim) -> None:
+        for job in list(claim.jobs):
+            if job.id in claim.lost or job.id in claim.settled:
+                continue
+            try:
+                state = await self.queue.renew(job)
+            except Exception:
+                # A busy database now and then must not end the renewals of every job in the claim.
+                log.exception("renewing the lease on job %s failed", job.id)
+                continue
+            if state is LeaseState.LOST:
+                log.warning("lost the lease on job %s", job.id)
+                claim.lost.add(job.id)
+            elif state is LeaseState.CANCELLED:
+                claim.cancelled.add(job.id)
 
     async def _abort_after_grace(self, claim: _Claim) -> None:
         await self.stopping.wait()

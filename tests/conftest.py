@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -68,3 +69,17 @@ async def services(settings: Settings, database: Database) -> AsyncIterator[Serv
     built = Services.create(settings)
     yield built
     await built.close()
+
+
+@pytest.fixture(autouse=True)
+async def no_task_left_behind() -> AsyncIterator[None]:
+    """A test must end with no task of its own still running: a leftover one (a loop cancelled
+    mid-query, say) can hang the event loop's shutdown and, in production, a process's exit."""
+    before = set(asyncio.all_tasks())
+    yield
+    me = asyncio.current_task()
+    left = [task for task in asyncio.all_tasks() - before if task is not me and not task.done()]
+    if left:
+        await asyncio.sleep(0.2)  # a task in its last steps may still be finishing
+        left = [task for task in left if not task.done()]
+    assert not left, f"tasks left running: {left}"

@@ -145,8 +145,9 @@ async def test_admin_commands_refuse_members_without_manage_server(running: Harn
 
 
 async def test_waiting_members_see_their_place_and_can_cancel(harness: Harness) -> None:
-    async with harness.sim.connect(harness.new_bot()) as bot:
-        bot.progress_interval_seconds = 0.1
+    bot = harness.new_bot()
+    bot.progress_interval_seconds = 0.1
+    async with harness.sim.connect(bot):
         first = await harness.admin.slash("imagine", prompt="a fox")
         await harness.sim.wait_for(lambda: first.original and "Queued" in first.original.content, 10)
         second = await harness.member.slash("imagine", prompt="a castle above the clouds")

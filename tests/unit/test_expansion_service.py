@@ -109,10 +109,13 @@ async def test_the_same_seed_gives_the_same_expansion_and_other_seeds_others() -
         return ", ".join(phrases[seed % 3 :] + phrases[: seed % 3])
 
     model = ScriptedModel(seeded)
-    first = await service_with(model).expand(PROMPT, seed=1)
-    again = await service_with(model).expand(PROMPT, seed=1)
-    other = await service_with(model).expand(PROMPT, seed=2)
+    services = [service_with(model) for _ in range(3)]  # fresh caches: each answer comes from the model
+    first, again, other = [
+        await service.expand(PROMPT, seed=seed) for service, seed in zip(services, (1, 1, 2), strict=True)
+    ]
     assert first.expanded == again.expanded != other.expanded
+    for service in services:
+        await service.aclose()
 
 
 async def test_concurrent_requests_are_batched_into_fewer_generate_calls() -> None:
