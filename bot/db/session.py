@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -52,11 +54,26 @@ class Database:
         self.url = url
         self.engine = create_engine(url)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        self._write_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+            weakref.WeakKeyDictionary()
+        )
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
-        async with self.sessions() as session, session.begin():
+        """A write transaction. Within a process they take turns on an asyncio lock: SQLite lets one
+        writer in at a time anyway, and a writer that finds the lock taken sleeps in SQLite's busy
+        handler for up to 100 ms a try, long after the lock is free. Across processes the busy handler
+        still arbitrates. Not reentrant: a transaction never opens another."""
+        async with self._write_lock(), self.sessions() as session, session.begin():
             yield session
+
+    def _write_lock(self) -> asyncio.Lock:
+        # One lock per event loop: the CLI and the tests run several loops over one Database.
+        loop = asyncio.get_running_loop()
+        lock = self._write_locks.get(loop)
+        if lock is None:
+            lock = self._write_locks[loop] = asyncio.Lock()
+        return lock
 
     async def dispose(self) -> None:
         await self.engine.dispose()
