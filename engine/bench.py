@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from engine.compute import call_compute
 from engine.queue.protocol import JobParams
 from engine.queue.sqlite import SqliteQueue
 
@@ -172,14 +173,16 @@ def run_bench_engine(args: argparse.Namespace) -> int:
     )
     device, dtype = pick_device(args.device, args.dtype)
     if args.random_weights:
-        source: Any = build_random_pipeline(args.arch, device=device, dtype=dtype)
+        source: Any = call_compute(build_random_pipeline, args.arch, device=device, dtype=dtype)
     elif args.arch:
         source = model
     else:
         base.ensure_dirs()
         source = resolve_model(TINY_MODEL, base.models_dir)
     options = PipelineOptions(warmup_side=min(width, height), compile_unet=args.compile)
-    pipeline = TextToImage(model, source, device=str(device), dtype=str(dtype).removeprefix("torch."), options=options)
+    pipeline = call_compute(
+        TextToImage, model, source, device=str(device), dtype=str(dtype).removeprefix("torch."), options=options
+    )
     with tempfile.TemporaryDirectory(prefix="atelier-bench-") as scratch:
         settings = Settings(data_dir=Path(scratch), models_path=base.models_dir)
         report = run_bench(pipeline, bench, settings, rounds=args.rounds)
@@ -206,8 +209,8 @@ def run_bench(pipeline: TextToImage, bench: BenchSpec, settings: Settings, *, ro
     # Warm-up for both paths at the measured shapes: a long-running process would be warm too. Its cost
     # is reported: a compiled UNet must earn it back.
     started = time.perf_counter()
-    _plain_call(pipeline, jobs[0])
-    pipeline.generate(jobs[: min(bench.max_batch, len(jobs))])
+    call_compute(_plain_call, pipeline, jobs[0])
+    call_compute(pipeline.generate, jobs[: min(bench.max_batch, len(jobs))])
     warmup_seconds = getattr(pipeline, "warmup_seconds", 0.0) + time.perf_counter() - started
     settings.ensure_dirs()
     asyncio.run(upgrade(settings.db_url))
@@ -223,13 +226,10 @@ def run_bench(pipeline: TextToImage, bench: BenchSpec, settings: Settings, *, ro
     images = len(jobs) * bench.count
     try:
         for round_index in range(max(1, rounds)):
-            plain: list[list[Any]] = []
-            started = time.perf_counter()
-            for job in jobs:
-                plain.append(_plain_call(pipeline, job))
-                # Every request of the burst arrived at the start; each waits for the ones before it.
-                baseline_latencies.append(time.perf_counter() - started)
-            baseline_rates.append(images / (time.perf_counter() - started))
+            # On the compute thread, as the engine's calls are: both paths run under the same threading.
+            plain, latencies, seconds = call_compute(_plain_pass, pipeline, jobs)
+            baseline_latencies += latencies
+            baseline_rates.append(images / seconds)
             expected = [[np.asarray(image, dtype=np.int16) for image in outputs] for outputs in plain]
 
             engine = asyncio.run(_engine_burst(pipeline, jobs, bench, settings, submitter, phase_seed=round_index))
@@ -286,6 +286,18 @@ def _percentile_ms(values: list[float], q: float) -> float:
     return round(float(np.percentile(values, q)) * 1000, 1)
 
 
+def _plain_pass(pipeline: TextToImage, jobs: list[JobParams]) -> tuple[list[list[Any]], list[float], float]:
+    """The baseline: the jobs one after the other; their images, latencies and the total time."""
+    plain: list[list[Any]] = []
+    latencies: list[float] = []
+    started = time.perf_counter()
+    for job in jobs:
+        plain.append(_plain_call(pipeline, job))
+        # Every request of the burst arrived at the start; each waits for the ones before it.
+        latencies.append(time.perf_counter() - started)
+    return plain, latencies, time.perf_counter() - started
+
+
 def _plain_call(pipeline: TextToImage, job: JobParams) -> list[Any]:
     """What a script without an engine does: one pipeline call for one request."""
     import torch
@@ -338,9 +350,10 @@ class _TimedQueue(SqliteQueue):
         if len(self.settled_at) >= self.expected:
             self.all_settled.set()
 
-    async def complete(self, job: ClaimedJob, result: JobResult) -> bool:
-        done = await super().complete(job, result)
-        self._settle(job.id)
+    async def complete_many(self, results: list[tuple[ClaimedJob, JobResult]]) -> list[bool]:
+        done = await super().complete_many(results)
+        for job, _ in results:
+            self._settle(job.id)
         return done
 
     async def fail(self, job: ClaimedJob, error: str, *, retryable: bool = True) -> str:

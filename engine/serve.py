@@ -9,6 +9,7 @@ import signal
 
 from bot.config import Settings
 from bot.db.migrate import upgrade
+from engine.compute import run_compute
 from engine.queue import is_redis_url, open_queue
 from engine.worker import EngineWorker, WorkerConfig
 
@@ -46,7 +47,7 @@ async def serve(settings: Settings, *, max_batch: int | None = None, idle_exit_s
     if not is_redis_url(settings.queue_url):
         # The SQLite queue lives in the project's database; an engine on Redis needs none.
         await upgrade(settings.db_url)
-    pipeline = await asyncio.to_thread(load_pipeline, settings)
+    pipeline = await run_compute(load_pipeline, settings)
     queue = open_queue(settings)
     metrics_server = None
     if settings.metrics_port:
