@@ -103,8 +103,12 @@ class MeteredQueue:
         return getattr(self._queue, name)
 
     async def complete(self, job: Any, result: Any) -> bool:
-        done = await self._queue.complete(job, result)
-        self.metrics.jobs["succeeded" if done else "lost"] += 1
+        return (await self.complete_many([(job, result)]))[0]
+
+    async def complete_many(self, results: list[tuple[Any, Any]]) -> list[bool]:
+        done = await self._queue.complete_many(results)
+        for recorded in done:
+            self.metrics.jobs["succeeded" if recorded else "lost"] += 1
         return done
 
     async def fail(self, job: Any, error: str, *, retryable: bool = True) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from bot.background import BackgroundLoop
+from engine.compute import run_compute
 from engine.pipelines.costs import compute_units
 from engine.pipelines.text_to_image import BatchOutput, Interrupted
 from engine.queue.protocol import ClaimedJob, JobParams, JobQueue, JobResult, LeaseState
@@ -105,6 +107,10 @@ class EngineWorker:
         self.progress: dict[str, tuple[int, int]] = {}
         # Optional on a queue: ``progress(job, step)`` stores the step the member's status message shows.
         self._report_progress: Callable[[ClaimedJob, int], Any] | None = getattr(queue, "progress", None)
+        # Optional too: ``wait_for_work(timeout, stop)`` returns early when new work may have arrived.
+        self._wait_for_work_in_queue: Callable[[float, asyncio.Event], Any] | None = getattr(
+            queue, "wait_for_work", None
+        )
         self._settling: asyncio.Task[None] | None = None
         # Lease renewals, some perhaps still running on for a claim whose results are being recorded.
         self._leases: set[BackgroundLoop] = set()
@@ -125,10 +131,7 @@ class EngineWorker:
                     if idle is not None and time.monotonic() - idle_since > idle:
                         log.info("idle for %.0fs, exiting", idle)
                         break
-                    try:
-                        await asyncio.wait_for(self.stopping.wait(), self.config.poll_seconds)
-                    except TimeoutError:
-                        pass
+                    await self._wait_for_work()
                     continue
                 await self._run_claim(_Claim(jobs))
                 idle_since = time.monotonic()
@@ -139,6 +142,14 @@ class EngineWorker:
                 # Loops end between passes, never mid-query (see bot.background).
                 await asyncio.gather(*(leases.stop() for leases in self._leases), heartbeat.stop())
                 await self.queue.worker_stopped(self.worker_id)
+
+    async def _wait_for_work(self) -> None:
+        """Idle: until the queue sees a change (when it can tell), a stop, or the poll interval."""
+        if self._wait_for_work_in_queue is not None:
+            await self._wait_for_work_in_queue(self.config.poll_seconds, self.stopping)
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stopping.wait(), self.config.poll_seconds)
 
     async def _claim(self, limit: int) -> list[ClaimedJob]:
         return await self.queue.claim(self.worker_id, limit=max(1, limit), models=[self.pipeline.model])
@@ -228,7 +239,7 @@ class EngineWorker:
         reporter = _ProgressReporter(self, batch)
         error: Exception | None = None
         try:
-            output = await asyncio.to_thread(
+            output = await run_compute(
                 self.pipeline.generate,
                 [job.params for job in batch.jobs],
                 should_stop=batch.should_stop,
@@ -253,8 +264,10 @@ class EngineWorker:
 
     async def _settle_success(self, batch: _Batch, output: BatchOutput) -> None:
         images = sum(job.params.count for job in batch.jobs) or 1
+        # Settled from here on: a renewal racing the completion would read it as a lost lease.
+        batch.claim.settled.update(job.id for job in batch.jobs)
+        finished: list[tuple[ClaimedJob, JobResult]] = []
         for job, generated in zip(batch.jobs, output.images, strict=True):
-            batch.claim.settled.add(job.id)
             if job.id in batch.claim.lost:
                 continue
             if job.id in batch.claim.cancelled:
@@ -262,10 +275,14 @@ class EngineWorker:
                 continue
             # A job's share of the call follows its share of the images.
             seconds = output.seconds * job.params.count / images
-            result = JobResult(images=generated, gpu_seconds=seconds, compute_units=compute_units(job.params))
-            if await self.queue.complete(job, result):
+            finished.append(
+                (job, JobResult(images=generated, gpu_seconds=seconds, compute_units=compute_units(job.params)))
+            )
+        done = await self.queue.complete_many(finished) if finished else []
+        for (job, result), recorded in zip(finished, done, strict=True):
+            if recorded:
                 self.completed += 1
-                log.info("job %s done in %.2fs (batch of %d)", job.id, seconds, len(batch.jobs))
+                log.info("job %s done in %.2fs (batch of %d)", job.id, result.gpu_seconds, len(batch.jobs))
 
     async def _settle_gone(self, batch: _Batch, jobs: list[ClaimedJob]) -> None:
         for job in jobs:

@@ -9,12 +9,13 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from PIL import Image as PILImage
-from sqlalchemy import delete, select, update
+from sqlalchemy import and_, bindparam, delete, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.db.base import utcnow
@@ -50,48 +51,83 @@ def _open_job(job_id: str, lease_owner: str | None) -> list[Any]:
     return [Job.id == job_id, Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING])]
 
 
+@dataclass(frozen=True)
+class Success:
+    """A finished job to record: its result, where its images were written, and the lease it ran
+    under (None for results that arrive from Redis, where the row never left "queued")."""
+
+    job_id: str
+    result: JobResult
+    paths: list[Path]
+    lease_owner: str | None
+
+
+async def record_successes(session: AsyncSession, successes: list[Success]) -> list[bool]:
+    """Mark the jobs succeeded, in five statements however many there are (one transaction per job
+    was most of an engine batch's bookkeeping). False for a job whose lease was lost meanwhile."""
+    if not successes:
+        return []
+    open_jobs = or_(*(and_(*_open_job(s.job_id, s.lease_owner)) for s in successes))
+    owned = set((await session.execute(select(Job.id).where(open_jobs))).scalars())
+    recorded = [s for s in successes if s.job_id in owned]
+    if recorded:
+        now = utcnow()
+        jobs, usage = Job.__table__, Usage.__table__
+        await session.execute(
+            jobs.update()
+            .where(jobs.c.id == bindparam("b_id"))
+            .values(
+                status=JobStatus.SUCCEEDED,
+                finished_at=now,
+                lease_owner=None,
+                lease_expires_at=None,
+                gpu_seconds=bindparam("b_gpu_seconds"),
+                compute_units=bindparam("b_compute_units"),
+                error=None,
+            ),
+            [_costs(s) for s in recorded],
+        )
+        # A job run twice (a lost lease) overwrote its files; its rows are replaced the same way.
+        await session.execute(delete(Image).where(Image.job_id.in_([s.job_id for s in recorded])))
+        await session.execute(
+            insert(Image),
+            [
+                {
+                    "job_id": s.job_id,
+                    "index": image.index,
+                    "path": str(path),
+                    "width": image.width,
+                    "height": image.height,
+                    "size_bytes": len(image.png),
+                    "sha256": hashlib.sha256(image.png).hexdigest(),
+                    "nsfw_score": image.nsfw_score,
+                }
+                for s in recorded
+                for image, path in zip(s.result.images, s.paths, strict=True)
+            ],
+        )
+        await session.execute(
+            usage.update()
+            .where(usage.c.job_id == bindparam("b_id"))
+            .values(gpu_seconds=bindparam("b_gpu_seconds"), compute_units=bindparam("b_compute_units")),
+            [_costs(s) for s in recorded],
+        )
+    return [s.job_id in owned for s in successes]
+
+
+def _costs(success: Success) -> dict[str, Any]:
+    return {
+        "b_id": success.job_id,
+        "b_gpu_seconds": success.result.gpu_seconds,
+        "b_compute_units": success.result.compute_units,
+    }
+
+
 async def record_success(
     session: AsyncSession, job_id: str, result: JobResult, paths: list[Path], *, lease_owner: str | None
 ) -> bool:
     """Mark the job succeeded; False when the lease was lost and someone else owns the job now."""
-    conditions = _open_job(job_id, lease_owner)
-    now = utcnow()
-    row = await session.execute(
-        update(Job)
-        .where(*conditions)
-        .values(
-            status=JobStatus.SUCCEEDED,
-            finished_at=now,
-            lease_owner=None,
-            lease_expires_at=None,
-            gpu_seconds=result.gpu_seconds,
-            compute_units=result.compute_units,
-            error=None,
-        )
-        .returning(Job.id)
-    )
-    if row.scalar_one_or_none() is None:
-        return False
-    await session.execute(delete(Image).where(Image.job_id == job_id))
-    for image, path in zip(result.images, paths, strict=True):
-        session.add(
-            Image(
-                job_id=job_id,
-                index=image.index,
-                path=str(path),
-                width=image.width,
-                height=image.height,
-                size_bytes=len(image.png),
-                sha256=hashlib.sha256(image.png).hexdigest(),
-                nsfw_score=image.nsfw_score,
-            )
-        )
-    await session.execute(
-        update(Usage)
-        .where(Usage.job_id == job_id)
-        .values(gpu_seconds=result.gpu_seconds, compute_units=result.compute_units)
-    )
-    return True
+    return (await record_successes(session, [Success(job_id, result, paths, lease_owner)]))[0]
 
 
 async def refund(session: AsyncSession, job_ids: list[str]) -> None:

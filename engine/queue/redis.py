@@ -605,6 +605,10 @@ class RedisQueue:
             log.warning("job %s finished after its lease was lost; result discarded", job.id)
         return bool(done)
 
+    async def complete_many(self, results: list[tuple[ClaimedJob, JobResult]]) -> list[bool]:
+        # Each completion is one atomic script call already; there is no transaction to share.
+        return [await self.complete(job, result) for job, result in results]
+
     async def fail(self, job: ClaimedJob, error: str, *, retryable: bool = True) -> str:
         backoff_ms = int(min(BACKOFF_SECONDS * 2 ** (job.attempt - 1), self.settings.lease_seconds) * 1000)
         status = await self._fail(

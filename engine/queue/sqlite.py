@@ -5,19 +5,24 @@ Claims run inside ``BEGIN IMMEDIATE`` (see bot.db.session), so two engines never
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import socket
+import time
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+import aiosqlite
 from sqlalchemy import String, case, cast, func, select, text, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.db.base import utcnow
 from bot.db.models import Job, JobStatus, Worker
-from bot.db.records import record_failure, record_success, refund, write_images
+from bot.db.records import Success, record_failure, record_successes, refund, write_images
 from engine.queue.protocol import ClaimedJob, JobParams, JobResult, LeaseState
 
 if TYPE_CHECKING:
@@ -42,10 +47,18 @@ LIMIT :limit
 """
 
 
+# How often an idle engine looks for a commit by another connection. A look is one read of a
+# counter on a connection of its own (no lock, no transaction), so it can be frequent; the claim
+# itself, which takes the write lock, runs only when something changed or at the poll interval.
+WATCH_SECONDS = 0.01
+
+
 class SqliteQueue:
     def __init__(self, database: Database, settings: Settings) -> None:
         self.db = database
         self.settings = settings
+        self._watch: aiosqlite.Connection | None = None
+        self._seen_version: int | None = None
 
     async def publish(self, job_id: str) -> None:
         """Nothing to send: the committed row is the queue entry."""
@@ -122,6 +135,38 @@ class SqliteQueue:
         if exhausted or requeued:
             log.warning("expired leases: %d requeued, %d ended", len(requeued), len(exhausted))
 
+    async def wait_for_work(self, timeout: float, stop: asyncio.Event) -> None:
+        """Return as soon as another connection has committed since the last return (a new job,
+        perhaps), when ``stop`` is set, or after ``timeout``. Expired leases and retry back-offs come due
+        without a commit; the timeout, the poll interval, covers them.
+
+        Each return notes the counter before the caller claims again, so a commit that lands during that
+        claim still wakes the next wait. The first call only takes that first note.
+        """
+        version = await self._data_version()
+        if version is None or self._seen_version is None:
+            self._seen_version = version
+            return
+        deadline = time.monotonic() + timeout
+        while not stop.is_set() and (remaining := deadline - time.monotonic()) > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), min(WATCH_SECONDS, remaining))
+            version = await self._data_version()
+            if version != self._seen_version:
+                self._seen_version = version
+                return
+
+    async def _data_version(self) -> int | None:
+        """SQLite's count of commits by other connections, read on a connection kept for it alone."""
+        database = make_url(self.db.url).database
+        if not database or database == ":memory:":
+            return None  # nothing to watch: the worker just polls
+        if self._watch is None:
+            self._watch = await aiosqlite.connect(database, isolation_level=None)
+        async with self._watch.execute("PRAGMA data_version") as cursor:
+            row = await cursor.fetchone()
+        return int(row[0]) if row else None
+
     async def renew(self, job: ClaimedJob) -> LeaseState:
         expires = utcnow() + timedelta(seconds=self.settings.lease_seconds)
         async with self.db.transaction() as session:
@@ -144,11 +189,24 @@ class SqliteQueue:
             )
 
     async def complete(self, job: ClaimedJob, result: JobResult) -> bool:
-        paths = write_images(self.settings.images_dir, job.id, result.images)
+        return (await self.complete_many([(job, result)]))[0]
+
+    async def complete_many(self, results: list[tuple[ClaimedJob, JobResult]]) -> list[bool]:
+        # One transaction for the whole batch: each commit is a write-lock round trip that the bot's
+        # own writes queue behind, and the engine's event loop is busy while it lasts.
+        images_dir = self.settings.images_dir
+        paths = await asyncio.to_thread(
+            lambda: [write_images(images_dir, job.id, result.images) for job, result in results]
+        )
+        successes = [
+            Success(job.id, result, job_paths, job.lease_token)
+            for (job, result), job_paths in zip(results, paths, strict=True)
+        ]
         async with self.db.transaction() as session:
-            done = await record_success(session, job.id, result, paths, lease_owner=job.lease_token)
-        if not done:
-            log.warning("job %s finished after its lease was lost; result discarded", job.id)
+            done = await record_successes(session, successes)
+        for (job, _), recorded in zip(results, done, strict=True):
+            if not recorded:
+                log.warning("job %s finished after its lease was lost; result discarded", job.id)
         return done
 
     async def fail(self, job: ClaimedJob, error: str, *, retryable: bool = True) -> str:
@@ -187,6 +245,13 @@ class SqliteQueue:
     async def worker_stopped(self, worker_id: str) -> None:
         async with self.db.transaction() as session:
             await session.execute(update(Worker).where(Worker.id == worker_id).values(stopped_at=utcnow()))
+        await self._close_watch()  # the worker's loop is over: nothing left to wait for
+
+    async def _close_watch(self) -> None:
+        # aiosqlite's thread is not a daemon: a connection left open would keep the process alive.
+        watch, self._watch, self._seen_version = self._watch, None, None
+        if watch is not None:
+            await watch.close()
 
     async def status(self) -> dict[str, Any]:
         now = utcnow()
@@ -238,6 +303,7 @@ class SqliteQueue:
         return sum(1 for w in (await self.status())["workers"] if w["alive"] and w["model"] == model)
 
     async def close(self) -> None:
+        await self._close_watch()
         await self.db.dispose()
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from bot.config import Settings
 from bot.db.base import utcnow
@@ -188,3 +188,54 @@ async def test_claim_only_takes_models_the_worker_has_loaded(database: Database,
     await add_job(database, model="other/model")
     assert await queue.claim("w", models=["atelier/tiny-sd"]) == []
     assert len(await queue.claim("w", models=["other/model"])) == 1
+
+
+async def test_a_batch_is_recorded_together_and_a_lost_lease_only_loses_its_own_job(
+    database: Database, settings: Settings
+) -> None:
+    queue = SqliteQueue(database, settings)
+    ids = [await add_job(database, user_id=i, age_seconds=10 - i) for i in range(3)]
+    claimed = await queue.claim("w", limit=3)
+    stale = next(job for job in claimed if job.id == ids[1])
+    await _expire_lease(database, stale.id)
+    [retaken] = await queue.claim("other")  # another engine has the job now
+    assert retaken.id == stale.id
+
+    done = await queue.complete_many([(job, _result()) for job in claimed])
+    assert done == [job.id != stale.id for job in claimed]
+    for job in claimed:
+        row = await _job(database, job.id)
+        if job.id == stale.id:
+            assert row.status == JobStatus.RUNNING and row.images == []  # untouched: it belongs to "other"
+            continue
+        assert row.status == JobStatus.SUCCEEDED and row.gpu_seconds == 0.5
+        assert [(image.index, image.width) for image in row.images] == [(0, 64)]
+        assert (await _usage(database, job.id)).gpu_seconds == 0.5
+
+
+async def test_an_idle_engine_wakes_for_a_new_job_before_its_poll_interval(
+    database: Database, settings: Settings
+) -> None:
+    queue = SqliteQueue(database, settings)
+    stop = asyncio.Event()
+    await asyncio.wait_for(queue.wait_for_work(600, stop), 30)  # the first call notes where the database is
+    assert await queue.claim("w") == []
+    waiting = asyncio.create_task(queue.wait_for_work(600, stop))
+    await asyncio.sleep(0.1)
+    assert not waiting.done()  # nothing committed: still waiting
+    await add_job(database)  # another connection commits
+    await asyncio.wait_for(waiting, 30)  # far sooner than the 600 s poll interval
+
+    waiting = asyncio.create_task(queue.wait_for_work(600, stop))
+    await asyncio.sleep(0.05)
+    stop.set()  # a stop ends the wait too
+    await asyncio.wait_for(waiting, 30)
+    await queue.close()
+
+
+async def test_concurrent_writers_in_one_process_all_commit(database: Database, settings: Settings) -> None:
+    # A burst like fifty members' /imagine at once: every transaction commits, none sees "database is locked".
+    ids = await asyncio.gather(*(add_job(database, user_id=i) for i in range(50)))
+    async with database.sessions() as session:
+        stored = (await session.execute(select(Job.id))).scalars().all()
+    assert sorted(stored) == sorted(ids)
