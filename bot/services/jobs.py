@@ -36,7 +36,14 @@ SEED_LIMIT = 2**32
 
 class Expander(Protocol):
     async def expand(
-        self, prompt: str, *, style: str | None = None, seed: int = 0, raw: bool = False, negative: str | None = None
+        self,
+        prompt: str,
+        *,
+        style: str | None = None,
+        seed: int = 0,
+        raw: bool = False,
+        negative: str | None = None,
+        use_llm: bool = True,
     ): ...  # returns bot.services.expansion.Expansion
 
 
@@ -232,6 +239,8 @@ class JobService:
                     seed=params.seed,
                     raw=resolved.raw,
                     negative=params.negative_prompt or None,
+                    # A server that chose the presets gets them even where the host runs the LLM.
+                    use_llm=not (guild and guild.expansion_mode == "presets"),
                 )
             except ValueError as error:  # an unknown style, for instance
                 raise InvalidRequest(str(error)) from error

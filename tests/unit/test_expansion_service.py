@@ -222,3 +222,12 @@ async def test_english_requests_are_not_asked_for_a_rendering() -> None:
     await service.expand(PROMPT, seed=1)
     assert seen == [SYSTEM_PROMPT]
     await service.aclose()
+
+
+async def test_a_server_that_chose_the_presets_gets_them_where_the_host_runs_the_llm() -> None:
+    model = ScriptedModel(lambda c, s: GOOD)
+    service = service_with(model)
+    presets = await service.expand(PROMPT, seed=3, use_llm=False)
+    assert presets.source == "fallback" and model.calls == []  # the deterministic expander
+    assert (await service.expand(PROMPT, seed=3)).source == "llm"  # another server's choice, not cached over
+    await service.aclose()

@@ -157,12 +157,22 @@ class ExpansionService:
     # ------------------------------------------------------------------ public API
 
     async def expand(
-        self, prompt: str, *, style: str | None = None, seed: int = 0, raw: bool = False, negative: str | None = None
+        self,
+        prompt: str,
+        *,
+        style: str | None = None,
+        seed: int = 0,
+        raw: bool = False,
+        negative: str | None = None,
+        use_llm: bool = True,
     ) -> Expansion:
+        """``use_llm=False`` asks for the presets where the host runs the LLM (a server's choice); the
+        LLM is never used where the host has not configured it."""
         started = time.perf_counter()
         raw = raw or self.config.mode == "raw"
         preset = None if raw else find_style(style or None)  # unknown styles fail before any work
-        key = (prompt, preset.name if preset else None, self.config.model, self.config.mode, seed, raw, negative)
+        with_llm = self.config.mode == "llm" and use_llm
+        key = (prompt, preset.name if preset else None, self.config.model, with_llm, seed, raw, negative)
         cached = self._cache.get(key)
         if cached is not None:
             self._cache.move_to_end(key)
@@ -170,7 +180,7 @@ class ExpansionService:
             return cached
         if preset is None:
             result = self._raw(prompt, negative, started)
-        elif self.config.mode == "llm":
+        elif with_llm:
             result = await self._with_llm(prompt, preset, seed, negative, started)
         else:
             result = self._deterministic(prompt, preset, seed, negative, started)
