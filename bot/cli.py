@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -147,7 +146,8 @@ async def _imagine(args: argparse.Namespace) -> int:
             engine = spawn_engine(settings)
             log.info("started an engine (pid %d) for this job", engine.pid)
         pump = getattr(services.queue, "pump", None)
-        pumping = asyncio.create_task(pump()) if pump is not None else None
+        stop_pumping = asyncio.Event()
+        pumping = asyncio.create_task(pump(stop_pumping)) if pump is not None else None
         try:
             job = await _wait_for(services, job.id, engine, args.timeout)
         except TimeoutError:
@@ -155,9 +155,9 @@ async def _imagine(args: argparse.Namespace) -> int:
             return EXIT_FAILED
         finally:
             if pumping is not None:
-                pumping.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await pumping
+                # Stopped between two events, not cancelled in the middle of writing one (bot.background).
+                stop_pumping.set()
+                await pumping
         if args.json:
             _print_json(job_to_dict(job))
         else:
