@@ -58,8 +58,9 @@ import os
 import socket
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
@@ -86,6 +87,8 @@ ERROR_TTL_SECONDS = 24 * 3600
 DEAD_WORKER_SECONDS = 24 * 3600
 # Retry back-off, as in the SQLite backend: 2 s, 4 s, 8 s … (never longer than the lease).
 BACKOFF_SECONDS = 2.0
+# An image-to-image job's init image travels with it, as PNG bytes in this field of its stream entry.
+INIT_IMAGE_FIELD = "init_image_png"
 UNAVAILABLE_LOG_SECONDS = 30.0
 
 _PRELUDE = """
@@ -400,7 +403,7 @@ class RedisQueue:
             log.info("job %s is %s, not queued: not published", job_id, job.status)
             return
         params = claimed_params(job)
-        fields = {
+        fields: dict[str, str | bytes] = {
             "job_id": job.id,
             "user_id": str(job.user_id),
             "model": job.model,
@@ -409,6 +412,9 @@ class RedisQueue:
             "max_attempts": str(job.max_attempts),
             "created": str(_epoch_ms(job.created_at)),
         }
+        if params.init_image:
+            # The file is on the bot's host; engines on other hosts get its bytes with the job.
+            fields[INIT_IMAGE_FIELD] = await asyncio.to_thread(Path(params.init_image).read_bytes)
         flat = [item for pair in fields.items() for item in pair]
         await self._publish(
             args=[self.prefix, job.model, str(job.user_id), fields["created"], job.id, *flat], client=self.redis
@@ -561,7 +567,9 @@ class RedisQueue:
             return []
         claimed = []
         for model, member, entry_id, deliveries, flat in rows:
-            fields = {_text(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat), 2)}
+            raw = {_text(flat[i]): flat[i + 1] for i in range(0, len(flat), 2)}
+            init_image = raw.pop(INIT_IMAGE_FIELD, None)
+            fields = {name: _text(value) for name, value in raw.items()}
             lease = _Lease(
                 worker_id, _text(model), _text(member), _text(entry_id), int(_text(deliveries)), int(fields["created"])
             )
@@ -571,11 +579,32 @@ class RedisQueue:
                     user_id=int(fields["user_id"]),
                     attempt=int(fields["attempts"]) + lease.deliveries,
                     max_attempts=int(fields["max_attempts"]),
-                    params=JobParams.from_dict(json.loads(fields["params"])),
+                    params=await self._with_local_init_image(
+                        fields["job_id"], JobParams.from_dict(json.loads(fields["params"])), init_image
+                    ),
                     lease_token=lease.token(),
                 )
             )
         return claimed
+
+    async def _with_local_init_image(self, job_id: str, params: JobParams, png: bytes | None) -> JobParams:
+        """Point an image-to-image job at a copy of its init image on this host."""
+        if png is None:
+            return params
+        path = self.settings.data_dir / "inputs" / f"{job_id}.png"
+
+        def write() -> None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_bytes(png)
+            tmp.replace(path)
+
+        await asyncio.to_thread(write)
+        return replace(params, init_image=str(path))
+
+    def _drop_local_init_image(self, job: ClaimedJob) -> None:
+        if job.params.init_image and Path(job.params.init_image).parent == self.settings.data_dir / "inputs":
+            Path(job.params.init_image).unlink(missing_ok=True)
 
     async def renew(self, job: ClaimedJob) -> LeaseState:
         state = await self._renew(args=[*_Lease.of(job).args(self.prefix), job.id], client=self.redis)
@@ -601,6 +630,7 @@ class RedisQueue:
         for image in result.images:
             fields += [f"png:{image.index}", image.png]
         done = await self._complete(args=[*_Lease.of(job).args(self.prefix), job.id, *fields], client=self.redis)
+        self._drop_local_init_image(job)
         if not done:
             log.warning("job %s finished after its lease was lost; result discarded", job.id)
         return bool(done)
@@ -624,11 +654,12 @@ class RedisQueue:
             ],
             client=self.redis,
         )
+        self._drop_local_init_image(job)  # a retry gets the bytes again from the stream entry
         return _text(status)
 
     async def release(self, job: ClaimedJob) -> None:
         lease = _Lease.of(job)
-        fields = {
+        fields: dict[str, str | bytes] = {
             "job_id": job.id,
             "user_id": str(job.user_id),
             "model": job.params.model,
@@ -637,8 +668,11 @@ class RedisQueue:
             "max_attempts": str(job.max_attempts),
             "created": str(lease.created_ms),
         }
+        if job.params.init_image:
+            fields[INIT_IMAGE_FIELD] = await asyncio.to_thread(Path(job.params.init_image).read_bytes)
         flat = [item for pair in fields.items() for item in pair]
         await self._release(args=[*lease.args(self.prefix), fields["created"], *flat], client=self.redis)
+        self._drop_local_init_image(job)
 
     async def heartbeat(self, worker_id: str, model: str) -> None:
         now = time.time()

@@ -43,8 +43,10 @@ async def queues(redis_url: str, settings: Settings, database: Database) -> Asyn
     """``make(bot=True)``: a queue as the bot holds it (with the database); otherwise as an engine does."""
     made: list[RedisQueue] = []
 
-    def make(*, bot: bool = False, lease_seconds: float | None = None) -> RedisQueue:
-        engine_settings = settings.model_copy(update={"lease_seconds": lease_seconds or settings.lease_seconds})
+    def make(*, bot: bool = False, lease_seconds: float | None = None, data_dir: Path | None = None) -> RedisQueue:
+        engine_settings = settings.model_copy(
+            update={"lease_seconds": lease_seconds or settings.lease_seconds, "data_dir": data_dir or settings.data_dir}
+        )
         queue = RedisQueue(redis_url, settings=engine_settings, database=database if bot else None)
         made.append(queue)
         return queue
@@ -395,3 +397,31 @@ async def test_two_engine_processes_one_killed_mid_job_every_job_completes_and_i
     for job_id in jobs:
         assert sorted(await asyncio.gather(*(d.claim(job_id) for d in deliveries))) == [False, True]
     assert await deliveries[1].pending() == []
+
+
+async def test_an_init_image_travels_with_its_job_to_engines_on_other_hosts(
+    queues: Any, database: Database, settings: Settings, tmp_path: Path
+) -> None:
+    bot = queues(bot=True)
+    first, second = queues(data_dir=tmp_path / "host-b"), queues(data_dir=tmp_path / "host-c")
+    upload = settings.data_dir / "uploads" / "fox.png"
+    upload.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (64, 64), "orange").save(upload)
+    png = upload.read_bytes()
+    job_id = await add_job(database)
+    async with database.transaction() as session:
+        await session.execute(update(Job).where(Job.id == job_id).values(kind="img2img", init_image=str(upload)))
+    await bot.publish(job_id)
+    upload.unlink()  # engines elsewhere never see the bot's disk
+
+    [claimed] = await first.claim("w1")
+    local = Path(claimed.params.init_image or "")
+    assert local.is_relative_to(tmp_path / "host-b") and local.read_bytes() == png
+    await first.release(claimed)  # a shutdown: the job goes back, with its image
+    assert not local.exists()
+
+    [again] = await second.claim("w2")
+    assert Path(again.params.init_image or "").is_relative_to(tmp_path / "host-c")
+    assert Path(again.params.init_image or "").read_bytes() == png
+    assert await second.complete(again, _result())
+    assert not Path(again.params.init_image or "").exists()  # the copy lives as long as the job runs
