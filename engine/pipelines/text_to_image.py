@@ -74,7 +74,8 @@ class PipelineOptions:
     # below this keep the exact single-pass decode.
     vae_tiling_above_pixels: int = 1024 * 1024
     # torch.compile the UNet (the part that runs once per step). Off by default: compilation takes
-    # minutes, recompiles for new shapes, and gains nothing on a CPU; turn it on where
+    # minutes and recompiles for new shapes. On the 2-core CPU with the tiny model it made the engine
+    # about 15% faster for 121 s of warm-up, some 27,000 images to earn back. Turn it on where
     # `atelier bench engine --compile` shows the gain outweighing its warmup_s.
     compile_unet: bool = False
     compile_mode: str | None = "max-autotune-no-cudagraphs"
