@@ -57,6 +57,7 @@ class Database:
         self._write_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
             weakref.WeakKeyDictionary()
         )
+        self._writers: dict[asyncio.Lock, asyncio.Task[object] | None] = {}  # the task holding each lock
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
@@ -64,8 +65,18 @@ class Database:
         writer in at a time anyway, and a writer that finds the lock taken sleeps in SQLite's busy
         handler for up to 100 ms a try, long after the lock is free. Across processes the busy handler
         still arbitrates. Not reentrant: a transaction never opens another."""
-        async with self._write_lock(), self.sessions() as session, session.begin():
-            yield session
+        lock = self._write_lock()
+        task = asyncio.current_task()
+        if lock.locked() and self._writers.get(lock) is task:
+            # It would wait for itself forever; fail at once and say where.
+            raise RuntimeError("a write transaction was opened inside another one")
+        async with lock:
+            self._writers[lock] = task
+            try:
+                async with self.sessions() as session, session.begin():
+                    yield session
+            finally:
+                del self._writers[lock]
 
     def _write_lock(self) -> asyncio.Lock:
         # One lock per event loop: the CLI and the tests run several loops over one Database.

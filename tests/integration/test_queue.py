@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import select, update
 
 from bot.config import Settings
@@ -239,3 +240,14 @@ async def test_concurrent_writers_in_one_process_all_commit(database: Database, 
     async with database.sessions() as session:
         stored = (await session.execute(select(Job.id))).scalars().all()
     assert sorted(stored) == sorted(ids)
+
+
+async def test_a_transaction_opened_inside_another_fails_at_once_instead_of_waiting_on_itself(
+    database: Database,
+) -> None:
+    async with database.transaction():
+        with pytest.raises(RuntimeError, match="inside another"):
+            async with database.transaction():
+                pass
+    async with database.transaction() as session:  # the lock was given back
+        await session.execute(select(Job.id))
