@@ -52,6 +52,7 @@ job that ran twice, changes nothing. Applied events are deleted, so image bytes 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -71,6 +72,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from engine.queue.protocol import ClaimedJob, GeneratedImage, JobParams, JobResult, LeaseState
 
 if TYPE_CHECKING:
+    from redis.asyncio.client import PubSub
+
     from bot.config import Settings
     from bot.db.session import Database
 
@@ -384,6 +387,7 @@ class RedisQueue:
         self._release = self.redis.register_script(_RELEASE)
         self._worker_started: dict[str, float] = {}
         self._unavailable_logged = 0.0
+        self._wake: PubSub | None = None  # an engine's subscription to "a job was published"
 
     def _key(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
@@ -419,6 +423,7 @@ class RedisQueue:
         await self._publish(
             args=[self.prefix, job.model, str(job.user_id), fields["created"], job.id, *flat], client=self.redis
         )
+        await self.redis.publish(self._key("wake"), job.model)  # idle engines claim now, not at their next poll
 
     async def cancel(self, job_id: str) -> str | None:
         """A queued job ends at once with a refund; a running one is flagged and its engine stops it."""
@@ -606,6 +611,33 @@ class RedisQueue:
         if job.params.init_image and Path(job.params.init_image).parent == self.settings.data_dir / "inputs":
             Path(job.params.init_image).unlink(missing_ok=True)
 
+    async def wait_for_work(self, timeout: float, stop: asyncio.Event) -> None:
+        """Return when a job has been published since the last return, when ``stop`` is set, or after
+        ``timeout`` (retry back-offs and a dead engine's jobs come due without a message). The first call
+        only subscribes, so that nothing published during the claim that follows is missed."""
+        try:
+            if self._wake is None:
+                self._wake = self.redis.pubsub(ignore_subscribe_messages=True)
+                await self._wake.subscribe(self._key("wake"))
+                return
+            deadline = time.monotonic() + timeout
+            while not stop.is_set() and (remaining := deadline - time.monotonic()) > 0:
+                if await self._wake.get_message(timeout=min(0.05, remaining)) is not None:
+                    while await self._wake.get_message(timeout=0) is not None:
+                        pass  # one claim answers every message that queued up meanwhile
+                    return
+        except (RedisConnectionError, RedisTimeoutError) as error:
+            self._log_unavailable("wake-up subscription", error)
+            await self._close_wake()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout)
+
+    async def _close_wake(self) -> None:
+        wake, self._wake = self._wake, None
+        if wake is not None:
+            with contextlib.suppress(RedisConnectionError, RedisTimeoutError):
+                await wake.aclose()
+
     async def renew(self, job: ClaimedJob) -> LeaseState:
         state = await self._renew(args=[*_Lease.of(job).args(self.prefix), job.id], client=self.redis)
         return {0: LeaseState.LOST, 1: LeaseState.HELD, 2: LeaseState.CANCELLED}[int(state)]
@@ -692,6 +724,7 @@ class RedisQueue:
 
     async def worker_stopped(self, worker_id: str) -> None:
         self._worker_started.pop(worker_id, None)
+        await self._close_wake()
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hdel(self._key("workers"), worker_id)
             pipe.delete(self._key("worker", worker_id))
@@ -779,6 +812,7 @@ class RedisQueue:
         return sum(1 for w in await self.workers() if w["alive"] and w["model"] == model)
 
     async def close(self) -> None:
+        await self._close_wake()
         await self.redis.aclose()
 
     # ---------------------------------------------------------------- helpers

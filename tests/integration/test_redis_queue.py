@@ -425,3 +425,22 @@ async def test_an_init_image_travels_with_its_job_to_engines_on_other_hosts(
     assert Path(again.params.init_image or "").read_bytes() == png
     assert await second.complete(again, _result())
     assert not Path(again.params.init_image or "").exists()  # the copy lives as long as the job runs
+
+
+async def test_an_idle_engine_wakes_when_a_job_is_published(queues: Any, database: Database) -> None:
+    bot, engine = queues(bot=True), queues()
+    stop = asyncio.Event()
+    await asyncio.wait_for(engine.wait_for_work(600, stop), 10)  # the first call subscribes
+    assert await engine.claim("w") == []
+    waiting = asyncio.create_task(engine.wait_for_work(600, stop))
+    await asyncio.sleep(0.1)
+    assert not waiting.done()
+    job_id = await _published(bot, database)
+    await asyncio.wait_for(waiting, 10)  # long before the 600 s poll interval
+    [claimed] = await engine.claim("w")
+    assert claimed.id == job_id
+
+    waiting = asyncio.create_task(engine.wait_for_work(600, stop))
+    await asyncio.sleep(0.05)
+    stop.set()
+    await asyncio.wait_for(waiting, 10)
