@@ -89,23 +89,22 @@ async def record_successes(session: AsyncSession, successes: list[Success]) -> l
         )
         # A job run twice (a lost lease) overwrote its files; its rows are replaced the same way.
         await session.execute(delete(Image).where(Image.job_id.in_([s.job_id for s in recorded])))
-        await session.execute(
-            insert(Image),
-            [
-                {
-                    "job_id": s.job_id,
-                    "index": image.index,
-                    "path": str(path),
-                    "width": image.width,
-                    "height": image.height,
-                    "size_bytes": len(image.png),
-                    "sha256": hashlib.sha256(image.png).hexdigest(),
-                    "nsfw_score": image.nsfw_score,
-                }
-                for s in recorded
-                for image, path in zip(s.result.images, s.paths, strict=True)
-            ],
-        )
+        image_rows = [
+            {
+                "job_id": s.job_id,
+                "index": image.index,
+                "path": str(path),
+                "width": image.width,
+                "height": image.height,
+                "size_bytes": len(image.png),
+                "sha256": hashlib.sha256(image.png).hexdigest(),
+                "nsfw_score": image.nsfw_score,
+            }
+            for s in recorded
+            for image, path in zip(s.result.images, s.paths, strict=True)
+        ]
+        if image_rows:  # an empty list would be an INSERT of no values, which is an error
+            await session.execute(insert(Image), image_rows)
         await session.execute(
             usage.update()
             .where(usage.c.job_id == bindparam("b_id"))

@@ -251,3 +251,12 @@ async def test_a_transaction_opened_inside_another_fails_at_once_instead_of_wait
                 pass
     async with database.transaction() as session:  # the lock was given back
         await session.execute(select(Job.id))
+
+
+async def test_a_result_without_images_is_still_recorded(database: Database, settings: Settings) -> None:
+    queue = SqliteQueue(database, settings)
+    await add_job(database)
+    [claimed] = await queue.claim("w")
+    assert await queue.complete(claimed, JobResult(images=[], gpu_seconds=0.1, compute_units=0.0))
+    job = await _job(database, claimed.id)
+    assert job.status == JobStatus.SUCCEEDED and job.images == []
