@@ -15,6 +15,15 @@ from collections.abc import Awaitable, Callable
 log = logging.getLogger(__name__)
 
 
+async def wait_for_event(event: asyncio.Event, seconds: float) -> bool:
+    """Sleep up to ``seconds``, ending early when ``event`` is set: True if it was."""
+    try:
+        await asyncio.wait_for(event.wait(), seconds)
+    except TimeoutError:
+        return False
+    return True
+
+
 class BackgroundLoop:
     """Runs ``body`` every ``interval`` seconds until ``stop()``.
 
@@ -55,23 +64,15 @@ class BackgroundLoop:
     async def _run(self) -> None:
         if self.ready is not None and not await self._before_stop(self.ready()):
             return
-        if self.delay_first and await self.wait_stopping(self.interval):
+        if self.delay_first and await wait_for_event(self.stopping, self.interval):
             return
         while not self.stopping.is_set():
             try:
                 await self.body()
             except Exception:
                 log.exception("%s: a pass failed", self.name)
-            if await self.wait_stopping(self.interval):
+            if await wait_for_event(self.stopping, self.interval):
                 return
-
-    async def wait_stopping(self, seconds: float) -> bool:
-        """Sleep up to ``seconds``; True as soon as the loop is told to stop."""
-        try:
-            await asyncio.wait_for(self.stopping.wait(), seconds)
-        except TimeoutError:
-            return False
-        return True
 
     async def _before_stop(self, awaitable: Awaitable[object]) -> bool:
         """Await ``awaitable`` unless the loop is stopped first (then it is abandoned): True if it finished."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
@@ -13,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from bot.background import BackgroundLoop
+from bot.background import BackgroundLoop, wait_for_event
 from engine.compute import run_compute
 from engine.pipelines.costs import compute_units
 from engine.pipelines.text_to_image import BatchOutput, Interrupted
@@ -148,8 +147,7 @@ class EngineWorker:
         if self._wait_for_work_in_queue is not None:
             await self._wait_for_work_in_queue(self.config.poll_seconds, self.stopping)
             return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.stopping.wait(), self.config.poll_seconds)
+        await wait_for_event(self.stopping, self.config.poll_seconds)
 
     async def _claim(self, limit: int) -> list[ClaimedJob]:
         return await self.queue.claim(self.worker_id, limit=max(1, limit), models=[self.pipeline.model])

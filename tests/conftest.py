@@ -80,6 +80,7 @@ async def no_task_left_behind() -> AsyncIterator[None]:
     me = asyncio.current_task()
     left = [task for task in asyncio.all_tasks() - before if task is not me and not task.done()]
     if left:
-        await asyncio.sleep(0.2)  # a task in its last steps may still be finishing
-        left = [task for task in left if not task.done()]
+        # A task in its last steps may still be finishing: give it a moment, no more.
+        _, pending = await asyncio.wait(left, timeout=0.2)
+        left = list(pending)
     assert not left, f"tasks left running: {left}"

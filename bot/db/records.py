@@ -30,14 +30,19 @@ def image_path(images_dir: Path, job_id: str, index: int) -> Path:
     return images_dir / job_id[:2] / f"{job_id}-{index}.png"
 
 
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write through a temporary sibling and rename: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
 def write_images(images_dir: Path, job_id: str, images: list[GeneratedImage]) -> list[Path]:
     paths = []
     for image in images:
         path = image_path(images_dir, job_id, image.index)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(image.png)
-        tmp.replace(path)  # atomic: a reader never sees half a PNG
+        write_atomically(path, image.png)
         paths.append(path)
     return paths
 

@@ -69,6 +69,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from bot.background import wait_for_event
 from engine.queue.protocol import ClaimedJob, GeneratedImage, JobParams, JobResult, LeaseState
 
 if TYPE_CHECKING:
@@ -319,6 +320,25 @@ return 1
 )
 
 
+async def _entry(
+    job_id: str, user_id: int, params: JobParams, attempts: int, max_attempts: int, created: str
+) -> list[str | bytes]:
+    """A job's stream entry, flattened to field, value, field, value… for the scripts."""
+    fields: dict[str, str | bytes] = {
+        "job_id": job_id,
+        "user_id": str(user_id),
+        "model": params.model,
+        "params": json.dumps(params.to_dict()),
+        "attempts": str(attempts),
+        "max_attempts": str(max_attempts),
+        "created": created,
+    }
+    if params.init_image:
+        # The file is on this host; engines on other hosts get its bytes with the job.
+        fields[INIT_IMAGE_FIELD] = await asyncio.to_thread(Path(params.init_image).read_bytes)
+    return [item for pair in fields.items() for item in pair]
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -406,23 +426,9 @@ class RedisQueue:
         if job.status != JobStatus.QUEUED:
             log.info("job %s is %s, not queued: not published", job_id, job.status)
             return
-        params = claimed_params(job)
-        fields: dict[str, str | bytes] = {
-            "job_id": job.id,
-            "user_id": str(job.user_id),
-            "model": job.model,
-            "params": json.dumps(params.to_dict()),
-            "attempts": str(job.attempts),
-            "max_attempts": str(job.max_attempts),
-            "created": str(_epoch_ms(job.created_at)),
-        }
-        if params.init_image:
-            # The file is on the bot's host; engines on other hosts get its bytes with the job.
-            fields[INIT_IMAGE_FIELD] = await asyncio.to_thread(Path(params.init_image).read_bytes)
-        flat = [item for pair in fields.items() for item in pair]
-        await self._publish(
-            args=[self.prefix, job.model, str(job.user_id), fields["created"], job.id, *flat], client=self.redis
-        )
+        created = str(_epoch_ms(job.created_at))
+        flat = await _entry(job.id, job.user_id, claimed_params(job), job.attempts, job.max_attempts, created)
+        await self._publish(args=[self.prefix, job.model, str(job.user_id), created, job.id, *flat], client=self.redis)
         await self.redis.publish(self._key("wake"), job.model)  # idle engines claim now, not at their next poll
 
     async def cancel(self, job_id: str) -> str | None:
@@ -596,15 +602,10 @@ class RedisQueue:
         """Point an image-to-image job at a copy of its init image on this host."""
         if png is None:
             return params
+        from bot.db.records import write_atomically
+
         path = self.settings.data_dir / "inputs" / f"{job_id}.png"
-
-        def write() -> None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_bytes(png)
-            tmp.replace(path)
-
-        await asyncio.to_thread(write)
+        await asyncio.to_thread(write_atomically, path, png)
         return replace(params, init_image=str(path))
 
     def _drop_local_init_image(self, job: ClaimedJob) -> None:
@@ -629,8 +630,7 @@ class RedisQueue:
         except (RedisConnectionError, RedisTimeoutError) as error:
             self._log_unavailable("wake-up subscription", error)
             await self._close_wake()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout)
+            await wait_for_event(stop, timeout)
 
     async def _close_wake(self) -> None:
         wake, self._wake = self._wake, None
@@ -691,19 +691,9 @@ class RedisQueue:
 
     async def release(self, job: ClaimedJob) -> None:
         lease = _Lease.of(job)
-        fields: dict[str, str | bytes] = {
-            "job_id": job.id,
-            "user_id": str(job.user_id),
-            "model": job.params.model,
-            "params": json.dumps(job.params.to_dict()),
-            "attempts": str(job.attempt - 1),
-            "max_attempts": str(job.max_attempts),
-            "created": str(lease.created_ms),
-        }
-        if job.params.init_image:
-            fields[INIT_IMAGE_FIELD] = await asyncio.to_thread(Path(job.params.init_image).read_bytes)
-        flat = [item for pair in fields.items() for item in pair]
-        await self._release(args=[*lease.args(self.prefix), fields["created"], *flat], client=self.redis)
+        created = str(lease.created_ms)
+        flat = await _entry(job.id, job.user_id, job.params, job.attempt - 1, job.max_attempts, created)
+        await self._release(args=[*lease.args(self.prefix), created, *flat], client=self.redis)
         self._drop_local_init_image(job)
 
     async def heartbeat(self, worker_id: str, model: str) -> None:

@@ -6,7 +6,6 @@ Claims run inside ``BEGIN IMMEDIATE`` (see bot.db.session), so two engines never
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
@@ -20,6 +19,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bot.background import wait_for_event
 from bot.db.base import utcnow
 from bot.db.models import Job, JobStatus, Worker
 from bot.db.records import Success, record_failure, record_successes, refund, write_images
@@ -58,6 +58,9 @@ class SqliteQueue:
         self.db = database
         self.settings = settings
         self._watch: aiosqlite.Connection | None = None
+        watched = make_url(database.url).database
+        # An in-memory database has no file to watch: the worker just polls.
+        self._watched_file = watched if watched and watched != ":memory:" else None
         self._seen_version: int | None = None
 
     async def publish(self, job_id: str) -> None:
@@ -149,8 +152,7 @@ class SqliteQueue:
             return
         deadline = time.monotonic() + timeout
         while not stop.is_set() and (remaining := deadline - time.monotonic()) > 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), min(WATCH_SECONDS, remaining))
+            await wait_for_event(stop, min(WATCH_SECONDS, remaining))
             version = await self._data_version()
             if version != self._seen_version:
                 self._seen_version = version
@@ -158,11 +160,10 @@ class SqliteQueue:
 
     async def _data_version(self) -> int | None:
         """SQLite's count of commits by other connections, read on a connection kept for it alone."""
-        database = make_url(self.db.url).database
-        if not database or database == ":memory:":
-            return None  # nothing to watch: the worker just polls
+        if self._watched_file is None:
+            return None
         if self._watch is None:
-            self._watch = await aiosqlite.connect(database, isolation_level=None)
+            self._watch = await aiosqlite.connect(self._watched_file, isolation_level=None)
         async with self._watch.execute("PRAGMA data_version") as cursor:
             row = await cursor.fetchone()
         return int(row[0]) if row else None
