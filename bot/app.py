@@ -6,14 +6,20 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import discord
 from discord.ext import commands
 
-from bot.background import BackgroundLoop
 from bot.config import Settings
-from bot.services.container import Services
+
+if TYPE_CHECKING:
+    from bot.cli.wiring import Services
+from bot.errors import AtelierError
 from bot.services.delivery import DeliveryService
+from bot.ui.delivery import deliver_job
+from bot.ui.replies import reply_error
+from engine.background import BackgroundLoop
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +62,7 @@ class AtelierBot(commands.Bot):
         )
         self.settings = settings
         self.services = services
-        self.delivery = DeliveryService(services.db)
+        self.delivery = DeliveryService(services.db, safety_threshold=settings.safety_threshold)
         self.pending_replies: dict[str, PendingReply] = {}
         self.delivery_poll_seconds = 0.25
         self.progress_interval_seconds = 1.0
@@ -116,8 +122,6 @@ class AtelierBot(commands.Bot):
                 log.debug("progress edit failed for job %s", job_id, exc_info=True)
 
     async def _deliver_pass(self) -> None:
-        from bot.cogs.results import deliver_job
-
         for job in await self.delivery.pending():
             if await self.delivery.claim(job.id):
                 await deliver_job(self, job)
@@ -125,8 +129,11 @@ class AtelierBot(commands.Bot):
     async def on_app_command_error(
         self, interaction: discord.Interaction, error: discord.app_commands.AppCommandError
     ) -> None:
-        from bot.cogs.common import reply_error
-
+        # A refusal raised anywhere under a command (policy, quota, a bad option) is the member's answer.
+        original = getattr(error, "original", error)
+        if isinstance(original, AtelierError):
+            await reply_error(interaction, str(original))
+            return
         if isinstance(error, discord.app_commands.CheckFailure):
             message = "You need the Manage Server permission for this."
             if isinstance(error, discord.app_commands.CommandOnCooldown):
@@ -140,7 +147,7 @@ class AtelierBot(commands.Bot):
         await reply_error(interaction, "Something went wrong on our side; it has been logged.")
 
     async def close(self) -> None:
-        # Stopped between passes, never cancelled mid-query (see bot.background), and waited for, so
+        # Stopped between passes, never cancelled mid-query (see engine.background), and waited for, so
         # nothing still uses the database when the caller disposes of it.
         self._stop_pumping.set()
         await asyncio.gather(*(loop.stop() for loop in self._loops))
@@ -148,25 +155,3 @@ class AtelierBot(commands.Bot):
             await asyncio.gather(self._pumping, return_exceptions=True)
         self._loops, self._pumping = [], None
         await super().close()
-
-
-def run_bot(settings: Settings) -> int:
-    from bot.db.migrate import upgrade_sync
-
-    if settings.discord_token is None:
-        log.error("ATELIER_DISCORD_TOKEN is not set")
-        return 2
-    settings.ensure_dirs()
-    upgrade_sync(settings.db_url)
-
-    async def main() -> None:
-        services = Services.create(settings)
-        bot = AtelierBot(settings, services)
-        try:
-            async with bot:
-                await bot.start(settings.discord_token.get_secret_value())  # type: ignore[union-attr]
-        finally:
-            await services.close()
-
-    asyncio.run(main())
-    return 0

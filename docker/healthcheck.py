@@ -16,8 +16,8 @@ from types import SimpleNamespace
 from typing import Any
 
 from bot.config import Settings
-from bot.db.session import Database
 from engine.queue import open_queue
+from engine.queue.database import Database
 
 
 async def _workers(queue: Any, settings: Settings) -> list[dict[str, Any]]:

@@ -29,14 +29,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.compute import call_compute
-from engine.queue.protocol import JobParams
+from engine.contract import JobSpec
 from engine.queue.sqlite import SqliteQueue
+from engine.timing import percentile
 
 if TYPE_CHECKING:
-    from bot.config import Settings
-    from bot.db.session import Database
+    from engine.config import EngineSettings
+    from engine.contract import ClaimedJob, JobResult
     from engine.pipelines.text_to_image import TextToImage
-    from engine.queue.protocol import ClaimedJob, JobResult
+    from engine.queue.database import Database
 
 log = logging.getLogger(__name__)
 
@@ -109,13 +110,14 @@ class BenchSpec:
     max_batch: int = 8
     batch_wait_ms: float = 50.0
 
-    def jobs(self) -> list[JobParams]:
+    def jobs(self) -> list[JobSpec]:
         distinct = self.distinct_prompts or self.requests
         prompts = [f"{_SUBJECTS[i % len(_SUBJECTS)]}, {_STYLES[i % len(_STYLES)]}, study {i}" for i in range(distinct)]
         return [
-            JobParams(
+            JobSpec(
                 kind="txt2img",
-                prompt=prompts[i % distinct],
+                member_prompt=prompts[i % distinct],
+                model_prompt=prompts[i % distinct],
                 negative_prompt="",
                 model=self.model,
                 width=self.width,
@@ -135,7 +137,7 @@ def _parse_size(text: str) -> tuple[int, int]:
 
 
 def run_bench_engine(args: argparse.Namespace) -> int:
-    from bot.config import TINY_MODEL, Settings
+    from engine.config import TINY_MODEL, EngineSettings
     from engine.pipelines.registry import architecture, build_random_pipeline, pick_device, resolve_model
     from engine.pipelines.text_to_image import PipelineOptions, TextToImage
     from engine.serve import quiet_model_libraries
@@ -151,7 +153,7 @@ def run_bench_engine(args: argparse.Namespace) -> int:
     if args.random_weights and not args.arch:
         print("error: --random-weights needs --arch", file=sys.stderr)
         return 2
-    base = Settings(**({"data_dir": Path(args.data_dir)} if args.data_dir else {}))
+    base = EngineSettings(**({"data_dir": Path(args.data_dir)} if args.data_dir else {}))
     if args.arch:
         spec = architecture(args.arch)
         model, arch, side, steps = spec["hub_id"], args.arch, spec["default_side"], spec["default_steps"]
@@ -184,7 +186,7 @@ def run_bench_engine(args: argparse.Namespace) -> int:
         TextToImage, model, source, device=str(device), dtype=str(dtype).removeprefix("torch."), options=options
     )
     with tempfile.TemporaryDirectory(prefix="atelier-bench-") as scratch:
-        settings = Settings(data_dir=Path(scratch), models_path=base.models_dir)
+        settings = EngineSettings(data_dir=Path(scratch), models_path=base.models_dir)
         report = run_bench(pipeline, bench, settings, rounds=args.rounds)
     if args.json:
         print(json.dumps(report))
@@ -194,7 +196,7 @@ def run_bench_engine(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_bench(pipeline: TextToImage, bench: BenchSpec, settings: Settings, *, rounds: int = 5) -> dict[str, Any]:
+def run_bench(pipeline: TextToImage, bench: BenchSpec, settings: EngineSettings, *, rounds: int = 5) -> dict[str, Any]:
     """Warm both paths, then ``rounds`` times: the baseline, then the same jobs through the engine.
 
     Rates are medians over the rounds, latencies are pooled: a shared machine's noise then moves the
@@ -203,7 +205,7 @@ def run_bench(pipeline: TextToImage, bench: BenchSpec, settings: Settings, *, ro
     import numpy as np
     import torch
 
-    from bot.db.migrate import upgrade
+    from migrations import upgrade
 
     jobs = bench.jobs()
     # Warm-up for both paths at the measured shapes: a long-running process would be warm too. Its cost
@@ -280,13 +282,11 @@ def run_bench(pipeline: TextToImage, bench: BenchSpec, settings: Settings, *, ro
     }
 
 
-def _percentile_ms(values: list[float], q: float) -> float:
-    import numpy as np
-
-    return round(float(np.percentile(values, q)) * 1000, 1)
+def _percentile_ms(seconds: list[float], q: float) -> float:
+    return round(percentile(seconds, q) * 1000, 1)
 
 
-def _plain_pass(pipeline: TextToImage, jobs: list[JobParams]) -> tuple[list[list[Any]], list[float], float]:
+def _plain_pass(pipeline: TextToImage, jobs: list[JobSpec]) -> tuple[list[list[Any]], list[float], float]:
     """The baseline: the jobs one after the other; their images, latencies and the total time."""
     plain: list[list[Any]] = []
     latencies: list[float] = []
@@ -298,15 +298,13 @@ def _plain_pass(pipeline: TextToImage, jobs: list[JobParams]) -> tuple[list[list
     return plain, latencies, time.perf_counter() - started
 
 
-def _plain_call(pipeline: TextToImage, job: JobParams) -> list[Any]:
+def _plain_call(pipeline: TextToImage, job: JobSpec) -> list[Any]:
     """What a script without an engine does: one pipeline call for one request."""
     import torch
 
-    from engine.pipelines.text_to_image import image_seeds
-
-    generators = [torch.Generator("cpu").manual_seed(seed) for seed in image_seeds(job)]
+    generators = [torch.Generator("cpu").manual_seed(seed) for seed in job.seeds]
     result = pipeline.pipe(
-        prompt=job.prompt,
+        prompt=job.model_prompt,
         negative_prompt=job.negative_prompt or None,
         width=job.width,
         height=job.height,
@@ -338,7 +336,7 @@ class _EngineRun:
 class _TimedQueue(SqliteQueue):
     """The real SQLite queue, noting when each job is settled so latencies need no database polling."""
 
-    def __init__(self, database: Database, settings: Settings, expected: int) -> None:
+    def __init__(self, database: Database, settings: EngineSettings, expected: int) -> None:
         super().__init__(database, settings)
         self.settled_at: dict[str, float] = {}
         self.failed: set[str] = set()
@@ -366,17 +364,17 @@ class _TimedQueue(SqliteQueue):
 
 async def _engine_burst(
     pipeline: TextToImage,
-    jobs: list[JobParams],
+    jobs: list[JobSpec],
     bench: BenchSpec,
-    settings: Settings,
+    settings: EngineSettings,
     submitter: _Submitter,
     *,
     phase_seed: int,
 ) -> _EngineRun:
     from sqlalchemy import select
 
-    from bot.db.models import Image
-    from bot.db.session import Database
+    from engine.queue.database import Database
+    from engine.queue.ledger import images
     from engine.worker import EngineWorker, WorkerConfig
 
     database = Database(settings.db_url)
@@ -410,9 +408,9 @@ async def _engine_burst(
         worker.request_stop()
         await running
     async with database.sessions() as session:
-        rows = (await session.execute(select(Image).where(Image.job_id.in_(ids)))).scalars().all()
+        rows = (await session.execute(select(images).where(images.c.job_id.in_(ids)))).all()
     await database.dispose()
-    by_job: dict[str, list[Image]] = {}
+    by_job: dict[str, list[Any]] = {}
     for row in rows:
         by_job.setdefault(row.job_id, []).append(row)
     paths = [[row.path for row in sorted(by_job.get(job_id, []), key=lambda r: r.index)] for job_id in ids]
@@ -477,7 +475,7 @@ def submitter_main(db_url: str) -> None:
 async def _submit_bursts(db_url: str) -> None:
     from sqlalchemy import text
 
-    from bot.db.session import Database
+    from engine.queue.database import Database
 
     database = Database(db_url)
     async with database.transaction() as session:
@@ -488,7 +486,7 @@ async def _submit_bursts(db_url: str) -> None:
         # Concurrently, as members' requests arrive: each is its own transaction.
         await asyncio.gather(
             *(
-                _enqueue(database, job_id, user_id, JobParams.from_dict(params), enqueued)
+                _enqueue(database, job_id, user_id, JobSpec.from_dict(params), enqueued)
                 for job_id, user_id, params in json.loads(line)
             )
         )
@@ -496,15 +494,38 @@ async def _submit_bursts(db_url: str) -> None:
     await database.dispose()
 
 
-async def _enqueue(
-    database: Database, job_id: str, user_id: int, params: JobParams, enqueued: dict[str, float]
-) -> None:
+async def _enqueue(database: Database, job_id: str, user_id: int, params: JobSpec, enqueued: dict[str, float]) -> None:
     """The row the bot writes when a member's request is accepted (quota and expansion are the bot's part)."""
-    from engine.queue.sqlite import job_row
+    from sqlalchemy import BigInteger, Float, String, column, insert, table
 
+    from engine.contract import JobStatus, utcnow
+    from engine.queue.ledger import jobs
+
+    # The queue's columns plus the request's own that have no default in the schema.
+    requests = table(
+        "jobs",
+        *(column(c.name, c.type) for c in jobs.c),
+        column("guild_id", BigInteger),
+        column("expansion_source", String),
+        column("compute_units", Float),
+    )
     enqueued[job_id] = time.monotonic()
+    now = utcnow()
     async with database.transaction() as session:
-        session.add(
-            # One member per request: a burst from many members, as on a busy server.
-            job_row(job_id, params, guild_id=1, user_id=user_id)
+        await session.execute(
+            insert(requests).values(
+                id=job_id,
+                guild_id=1,
+                expansion_source="raw",
+                compute_units=params.compute_units,
+                # One member per request: a burst from many members, as on a busy server.
+                user_id=user_id,
+                **params.to_dict(),
+                status=JobStatus.QUEUED,
+                attempts=0,
+                max_attempts=3,
+                cancel_requested=False,
+                created_at=now,
+                available_at=now,
+            )
         )

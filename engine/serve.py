@@ -7,11 +7,11 @@ import logging
 import os
 import signal
 
-from bot.config import Settings
-from bot.db.migrate import upgrade
 from engine.compute import run_compute
+from engine.config import EngineSettings
 from engine.queue import is_redis_url, open_queue
 from engine.worker import EngineWorker, WorkerConfig
+from migrations import upgrade
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ def quiet_model_libraries() -> None:
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 
-def load_pipeline(settings: Settings):  # type: ignore[no-untyped-def]
+def load_pipeline(settings: EngineSettings):  # type: ignore[no-untyped-def]
     quiet_model_libraries()
     from engine.pipelines.registry import resolve_model
     from engine.pipelines.text_to_image import TextToImage
@@ -42,7 +42,9 @@ def load_pipeline(settings: Settings):  # type: ignore[no-untyped-def]
     return ScoredPipeline(pipeline, SafetyClassifier(classifier_source, device=pipeline.device))
 
 
-async def serve(settings: Settings, *, max_batch: int | None = None, idle_exit_seconds: float | None = None) -> int:
+async def serve(
+    settings: EngineSettings, *, max_batch: int | None = None, idle_exit_seconds: float | None = None
+) -> int:
     settings.ensure_dirs()
     if not is_redis_url(settings.queue_url):
         # The SQLite queue lives in the project's database; an engine on Redis needs none.

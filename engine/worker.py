@@ -12,11 +12,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from bot.background import BackgroundLoop, wait_for_event
+import torch
+
+from engine.background import BackgroundLoop, wait_for_event
 from engine.compute import run_compute
-from engine.pipelines.costs import compute_units
+from engine.contract import ClaimedJob, JobQueue, JobResult, JobSpec, LeaseState, PermanentJobError
 from engine.pipelines.text_to_image import BatchOutput, Interrupted
-from engine.queue.protocol import ClaimedJob, JobParams, JobQueue, JobResult, LeaseState
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -36,7 +37,7 @@ class Pipeline(Protocol):
 
     def generate(
         self,
-        jobs: Sequence[JobParams],
+        jobs: Sequence[JobSpec],
         *,
         should_stop: Callable[[], bool] = ...,
         on_step: Callable[[int, int], None] | None = ...,
@@ -45,10 +46,6 @@ class Pipeline(Protocol):
 
 def new_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-
-
-def _is_out_of_memory(error: BaseException) -> bool:
-    return type(error).__name__ == "OutOfMemoryError" or "out of memory" in str(error).lower()
 
 
 @dataclass
@@ -138,7 +135,7 @@ class EngineWorker:
             try:
                 await self._drain()
             finally:
-                # Loops end between passes, never mid-query (see bot.background).
+                # Loops end between passes, never mid-query (see engine.background).
                 await asyncio.gather(*(leases.stop() for leases in self._leases), heartbeat.stop())
                 await self.queue.worker_stopped(self.worker_id)
 
@@ -239,7 +236,7 @@ class EngineWorker:
         try:
             output = await run_compute(
                 self.pipeline.generate,
-                [job.params for job in batch.jobs],
+                [job.spec for job in batch.jobs],
                 should_stop=batch.should_stop,
                 on_step=reporter.on_step,
             )
@@ -261,7 +258,7 @@ class EngineWorker:
         self._settling = asyncio.create_task(self._settle_success(batch, output))
 
     async def _settle_success(self, batch: _Batch, output: BatchOutput) -> None:
-        images = sum(job.params.count for job in batch.jobs) or 1
+        images = sum(job.spec.count for job in batch.jobs) or 1
         # Settled from here on: a renewal racing the completion would read it as a lost lease.
         batch.claim.settled.update(job.id for job in batch.jobs)
         finished: list[tuple[ClaimedJob, JobResult]] = []
@@ -272,10 +269,8 @@ class EngineWorker:
                 await self.queue.fail(job, "cancelled", retryable=False)
                 continue
             # A job's share of the call follows its share of the images.
-            seconds = output.seconds * job.params.count / images
-            finished.append(
-                (job, JobResult(images=generated, gpu_seconds=seconds, compute_units=compute_units(job.params)))
-            )
+            seconds = output.seconds * job.spec.count / images
+            finished.append((job, JobResult(images=generated, gpu_seconds=seconds)))
         done = await self.queue.complete_many(finished) if finished else []
         for (job, result), recorded in zip(finished, done, strict=True):
             if recorded:
@@ -299,7 +294,7 @@ class EngineWorker:
                 await self.queue.release(job)
 
     async def _settle_error(self, batch: _Batch, error: Exception) -> None:
-        if len(batch.jobs) > 1 and _is_out_of_memory(error):
+        if len(batch.jobs) > 1 and isinstance(error, torch.OutOfMemoryError):
             # Halve and retry, so one oversized burst degrades to smaller batches instead of failing.
             log.warning("out of memory with a batch of %d; splitting", len(batch.jobs))
             _free_accelerator_memory()
@@ -321,9 +316,11 @@ class EngineWorker:
         job = batch.jobs[0]
         batch.claim.settled.add(job.id)
         log.error("job %s failed (attempt %d of %d)", job.id, job.attempt, job.max_attempts, exc_info=error)
-        # Bad parameters will not get better on a retry; anything else might (a busy GPU, a driver hiccup).
-        retryable = not isinstance(error, ValueError | TypeError)
-        await self.queue.fail(job, f"{type(error).__name__}: {error}", retryable=retryable)
+        # The job's own fault will not get better on a retry; anything else might (a busy GPU, a driver hiccup).
+        if isinstance(error, PermanentJobError):
+            await self.queue.fail(job, str(error), retryable=False)
+        else:
+            await self.queue.fail(job, f"{type(error).__name__}: {error}", retryable=True)
 
 
 class _ProgressReporter:
@@ -340,7 +337,7 @@ class _ProgressReporter:
         self.last_report = time.monotonic() - interval + min(interval, _FIRST_PROGRESS_AFTER_SECONDS)
         self.pending: set[asyncio.Task[None]] = set()
         for job in batch.jobs:
-            worker.progress[job.id] = (0, job.params.steps)
+            worker.progress[job.id] = (0, job.spec.steps)
 
     def on_step(self, step: int, total: int) -> None:
         # Called from the generation thread: nothing here may touch the loop's state directly.
@@ -382,14 +379,12 @@ class _ProgressReporter:
 def _group_by_batch_key(jobs: list[ClaimedJob]) -> list[list[ClaimedJob]]:
     groups: dict[tuple, list[ClaimedJob]] = {}
     for job in jobs:
-        groups.setdefault(job.params.batch_key, []).append(job)
+        groups.setdefault(job.spec.batch_key, []).append(job)
     return list(groups.values())
 
 
 def _free_accelerator_memory() -> None:
     try:
-        import torch
-
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     except Exception:  # pragma: no cover - best effort only

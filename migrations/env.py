@@ -5,24 +5,33 @@ from __future__ import annotations
 import asyncio
 
 from alembic import context
+from sqlalchemy import MetaData
 from sqlalchemy.engine import Connection
 
-from bot.config import Settings
-from bot.db import models  # noqa: F401  (registers every table on the metadata)
-from bot.db.base import Base
-from bot.db.session import create_engine
+from engine.config import EngineSettings
+from engine.queue.database import create_engine
 
 config = context.config
-target_metadata = Base.metadata
+
+
+def _target_metadata() -> MetaData | None:
+    """The models, for autogenerate only: upgrading runs the revisions alone, so an engine can migrate
+    without loading the bot."""
+    if not getattr(config.cmd_opts, "autogenerate", False):
+        return None
+    from bot.db import models  # noqa: F401  (registers every table on the metadata)
+    from bot.db.base import Base
+
+    return Base.metadata
 
 
 def _url() -> str:
-    return config.get_main_option("sqlalchemy.url") or Settings().db_url
+    return config.get_main_option("sqlalchemy.url") or EngineSettings().db_url
 
 
 def _configure(connection: Connection | None = None) -> None:
     options = {
-        "target_metadata": target_metadata,
+        "target_metadata": _target_metadata(),
         "render_as_batch": True,
         "compare_type": True,
     }

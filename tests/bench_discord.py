@@ -20,20 +20,17 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
+from engine.timing import percentile
+
 DEADLINE = 3.0
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 async def run(members: int) -> dict[str, object]:
     from bot.app import AtelierBot
+    from bot.cli.wiring import Services
     from bot.config import Settings
-    from bot.db.migrate import upgrade
     from bot.db.models import Job
-    from bot.services.container import Services
+    from migrations import upgrade
     from tests.simulator import DiscordSimulator
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -66,8 +63,8 @@ async def run(members: int) -> dict[str, object]:
     return {
         "members": members,
         "cpus": os.cpu_count(),
-        "ack_p50_ms": round(_percentile(latencies, 50) * 1000, 1),
-        "ack_p99_ms": round(_percentile(latencies, 99) * 1000, 1),
+        "ack_p50_ms": round(percentile(latencies, 50) * 1000, 1),
+        "ack_p99_ms": round(percentile(latencies, 99) * 1000, 1),
         "ack_max_ms": round(max(latencies) * 1000, 1),
         "missed_deadline": sum(latency > DEADLINE for latency in latencies),
         "all_acked_s": round(acked, 2),

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from bot.cli.wiring import Services
 from bot.config import Settings
-from bot.db.migrate import upgrade
-from bot.db.session import Database
-from bot.services.container import Services
+from engine.queue.database import Database
+from migrations import upgrade
 
 # Tests never reach a model hub; the loading code must find everything locally.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -5,9 +5,10 @@ from __future__ import annotations
 import uuid
 from datetime import timedelta
 
-from bot.db.base import utcnow
-from bot.db.models import Job, JobStatus, Usage
-from bot.db.session import Database
+from bot.db.models import Job, Usage
+from bot.services.jobs import queued
+from engine.contract import JobStatus, QueuedJob, utcnow
+from engine.queue.database import Database
 
 
 async def add_job(
@@ -32,8 +33,8 @@ async def add_job(
                 id=job_id,
                 guild_id=guild_id,
                 user_id=user_id,
-                prompt=prompt,
-                expanded_prompt=prompt,
+                member_prompt=prompt,
+                model_prompt=prompt,
                 model=model,
                 width=width,
                 height=height,
@@ -49,3 +50,22 @@ async def add_job(
             Usage(job_id=job_id, guild_id=guild_id, user_id=user_id, day=created.date(), images=1, compute_units=0.01)
         )
     return job_id
+
+
+async def queued_job(db: Database, job_id: str) -> QueuedJob:
+    """What the bot hands a queue backend to publish for a committed row."""
+    async with db.sessions() as session:
+        job = await session.get(Job, job_id)
+    assert job is not None
+    return queued(job)
+
+
+def tiny_png(width: int = 64, height: int = 64, colour: str = "blue") -> bytes:
+    """A real PNG of one colour, as an engine would return it."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), colour).save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -11,8 +11,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.cogs.common import reply_error
-from bot.errors import AtelierError
+from bot.ui.replies import reply_error
 
 if TYPE_CHECKING:
     from bot.app import AtelierBot
@@ -42,11 +41,7 @@ class AdminCog(commands.GroupCog, group_name="atelier", group_description="Confi
         return True
 
     async def _run(self, interaction: discord.Interaction, action) -> None:  # type: ignore[no-untyped-def]
-        try:
-            message = await action()
-        except AtelierError as error:
-            await reply_error(interaction, str(error))
-            return
+        message = await action()
         await interaction.response.send_message(message, ephemeral=True)
 
     @quota.command(name="set", description="Set the server's default, or a role's or member's daily budget")
@@ -130,8 +125,7 @@ class AdminCog(commands.GroupCog, group_name="atelier", group_description="Confi
                 else [w.strip() for w in banned_words.split(",") if w.strip()],
             }
             if channel is not None:
-                guild = await self.bot.services.jobs.guild(interaction.guild_id or 0)
-                current = list(guild.allowed_channels) if guild and guild.allowed_channels else []
+                current = await self.admin.allowed_channels(interaction.guild_id or 0)
                 changes["allowed_channels"] = sorted({*current, channel.id})
             applied = await self.admin.configure(
                 guild_id=interaction.guild_id or 0, actor_id=interaction.user.id, **changes

@@ -9,9 +9,9 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.cogs.common import reply_error, request_from
-from bot.errors import AtelierError
 from bot.services.jobs import MAX_PROMPT_CHARS, SEED_LIMIT, parse_size
+from bot.ui.replies import request_from
+from bot.ui.views import submit_and_track
 
 if TYPE_CHECKING:
     from bot.app import AtelierBot
@@ -46,11 +46,7 @@ class ImagineCog(commands.Cog):
         raw: bool = False,
     ) -> None:
         # Parse what needs no I/O before answering, so a typo gets a private reply and nothing else.
-        try:
-            width, height = parse_size(size) if size else (None, None)
-        except AtelierError as error:
-            await reply_error(interaction, str(error))
-            return
+        width, height = parse_size(size) if size else (None, None)
         await interaction.response.defer(thinking=True)
         request = request_from(
             interaction,
@@ -64,24 +60,6 @@ class ImagineCog(commands.Cog):
             raw=raw,
         )
         await submit_and_track(self.bot, interaction, request)
-
-
-async def submit_and_track(bot: AtelierBot, interaction: discord.Interaction, request) -> None:  # type: ignore[no-untyped-def]
-    """Shared by /imagine and the result buttons: one place decides how a queued job is announced."""
-    from bot.cogs.results import status_view
-
-    try:
-        job = await bot.services.jobs.submit(request)
-    except AtelierError as error:
-        await reply_error(interaction, str(error))
-        return
-    shown = job.expanded_prompt if job.expanded_prompt != job.prompt else job.prompt
-    header = f"**{discord.utils.escape_markdown(job.prompt[:200])}**\n-# {discord.utils.escape_markdown(shown[:300])}"
-    bot.track(job.id, interaction, header)
-    try:
-        await interaction.edit_original_response(content=f"{header}\n⏳ Queued", view=status_view(job.id))
-    except discord.HTTPException:
-        log.info("could not show the queued status of job %s", job.id)
 
 
 async def setup(bot: AtelierBot) -> None:

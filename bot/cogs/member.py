@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import TYPE_CHECKING
 
@@ -10,15 +9,15 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.cogs.common import reply_error, request_from
-from bot.cogs.imagine import submit_and_track
-from bot.cogs.results import job_parameters
-from bot.errors import AtelierError, InvalidRequest
+from bot.errors import InvalidRequest
 from bot.services.delivery import DEFAULT_UPLOAD_LIMIT
 from bot.services.inline import parse_aspect
 from bot.services.models import profile_for
 from bot.services.stats import guild_stats
 from bot.services.uploads import save_upload
+from bot.ui.messages import info_message
+from bot.ui.replies import request_from
+from bot.ui.views import submit_and_track
 
 if TYPE_CHECKING:
     from bot.app import AtelierBot
@@ -41,28 +40,18 @@ class MemberCog(commands.Cog):
         raw: bool | None = None,
         count: app_commands.Range[int, 1, 4] | None = None,
     ) -> None:
-        try:
-            if aspect is not None:
-                parse_aspect(aspect)
-            prefs = await self.bot.services.jobs.set_preferences(
-                interaction.guild_id or 0, interaction.user.id, style=style, aspect=aspect, raw=raw, count=count
-            )
-        except AtelierError as error:
-            await reply_error(interaction, str(error))
-            return
+        if aspect is not None:
+            parse_aspect(aspect)
+        prefs = await self.bot.services.jobs.set_preferences(
+            interaction.guild_id or 0, interaction.user.id, style=style, aspect=aspect, raw=raw, count=count
+        )
         shown = ", ".join(f"{k}: {v}" for k, v in sorted(prefs.items())) or "none (server defaults)"
         await interaction.response.send_message(f"Your defaults: {shown}", ephemeral=True)
 
     @app_commands.command(name="info", description="Full parameters of a result, to reproduce it")
     async def info(self, interaction: discord.Interaction, job_id: str) -> None:
-        try:
-            job = await self.bot.services.jobs.get(job_id.strip())
-        except AtelierError as error:
-            await reply_error(interaction, str(error))
-            return
-        await interaction.response.send_message(
-            f"```json\n{json.dumps(job_parameters(job), indent=1)}\n```", ephemeral=True
-        )
+        job = await self.bot.services.jobs.get(job_id.strip())
+        await interaction.response.send_message(**info_message(job), ephemeral=True)
 
     async def _from_attachment(
         self, interaction: discord.Interaction, image: discord.Attachment, prompt: str, **options: object
@@ -70,30 +59,23 @@ class MemberCog(commands.Cog):
         limit = interaction.guild.filesize_limit if interaction.guild else DEFAULT_UPLOAD_LIMIT
         # Checked before anything is downloaded or queued.
         if image.size > limit:
-            await reply_error(
-                interaction, f"The image is {image.size / 2**20:.1f} MiB; the limit is {limit / 2**20:.0f} MiB."
-            )
-            return
+            raise InvalidRequest(f"The image is {image.size / 2**20:.1f} MiB; the limit is {limit / 2**20:.0f} MiB.")
         if image.content_type and not image.content_type.startswith("image/"):
-            await reply_error(interaction, "Attach a PNG, JPEG or WebP image.")
-            return
+            raise InvalidRequest("Attach a PNG, JPEG or WebP image.")
         await interaction.response.defer(thinking=True)
         settings = self.bot.settings
         try:
             data = await image.read()
-            profile = profile_for(settings.image_model)
-            path, width, height = save_upload(
-                data,
-                settings.data_dir / "uploads",
-                byte_limit=limit,
-                max_side=min(settings.max_side, profile.side * 2),
-                multiple=profile.multiple,
-            )
-        except (AtelierError, discord.HTTPException) as error:
-            await reply_error(
-                interaction, str(error) if isinstance(error, AtelierError) else "Could not read the attachment."
-            )
-            return
+        except discord.HTTPException as error:
+            raise InvalidRequest("Could not read the attachment.") from error
+        profile = profile_for(settings.image_model)
+        path, width, height = save_upload(
+            data,
+            settings.data_dir / "uploads",
+            byte_limit=limit,
+            max_side=min(settings.max_side, profile.side * 2),
+            multiple=profile.multiple,
+        )
         request = request_from(
             interaction, prompt, init_image=str(path), width=width, height=height, count=1, **options
         )
@@ -123,11 +105,7 @@ class MemberCog(commands.Cog):
     @app_commands.guild_only()
     async def upscale(self, interaction: discord.Interaction, image: discord.Attachment) -> None:
         if image.width and image.height:
-            try:
-                self.bot.services.jobs.upscaled_size(image.width, image.height, self.bot.settings.image_model)
-            except InvalidRequest as error:
-                await reply_error(interaction, str(error))
-                return
+            self.bot.services.jobs.upscaled_size(image.width, image.height, self.bot.settings.image_model)
         await self._from_attachment(interaction, image, "high detail, sharp focus", kind="upscale", raw=True)
 
     @app_commands.command(name="stats", description="This server's images, top-rated results and averages")

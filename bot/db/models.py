@@ -22,25 +22,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from bot.db.base import Base, utcnow
-
-
-class JobStatus(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-    @property
-    def terminal(self) -> bool:
-        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
-
-
-class JobKind(StrEnum):
-    TEXT_TO_IMAGE = "txt2img"
-    IMAGE_TO_IMAGE = "img2img"
-    UPSCALE = "upscale"
+from bot.db.base import Base
+from engine.contract import JobKind, JobStatus, utcnow
 
 
 class Guild(Base):
@@ -99,8 +82,9 @@ class Job(Base):
     parent_job_id: Mapped[str | None] = mapped_column(String(32))
 
     kind: Mapped[str] = mapped_column(String(16), default=JobKind.TEXT_TO_IMAGE)
-    prompt: Mapped[str] = mapped_column(Text)
-    expanded_prompt: Mapped[str] = mapped_column(Text)
+    # The member's own words, and what the text encoder reads (those words plus the expansion).
+    member_prompt: Mapped[str] = mapped_column(Text)
+    model_prompt: Mapped[str] = mapped_column(Text)
     negative_prompt: Mapped[str] = mapped_column(Text, default="")
     expansion_source: Mapped[str] = mapped_column(String(16), default="raw")
     style: Mapped[str | None] = mapped_column(String(40))

@@ -9,11 +9,11 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from bot.db.base import utcnow
 from bot.db.models import AuditEntry, Guild, Member, Quota, QuotaScope, Usage
-from bot.db.session import Database
 from bot.errors import InvalidRequest
 from bot.services.quota import QuotaService, day_of
+from engine.contract import utcnow
+from engine.queue.database import Database
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,11 @@ class AdminService:
         guild = await session.get(Guild, guild_id)
         assert guild is not None
         return guild
+
+    async def allowed_channels(self, guild_id: int) -> list[int]:
+        async with self.db.sessions() as session:
+            guild = await session.get(Guild, guild_id)
+        return list(guild.allowed_channels) if guild is not None and guild.allowed_channels else []
 
     async def set_quota(
         self,

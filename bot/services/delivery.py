@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from PIL import Image as PILImage
 from sqlalchemy import select, update
 
-from bot.db.base import utcnow
-from bot.db.models import Image, Job, JobStatus
-from bot.db.session import Database
+from bot.db.models import Guild, Image, Job
+from bot.services.records import JobRecord
+from engine.contract import JobStatus, utcnow
+from engine.queue.database import Database
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,9 @@ def blur(png: bytes) -> bytes:
     return buffer.getvalue()
 
 
-def flagged_action(job: Job, *, threshold: float, guild_allows_nsfw: bool, channel_nsfw: bool, action: str) -> str:
+def flagged_action(
+    job: JobRecord, *, threshold: float, guild_allows_nsfw: bool, channel_nsfw: bool, action: str
+) -> str:
     """ "show", "blur" or "withhold" for a finished job, from the classifier's scores and the policy."""
     scores = [image.nsfw_score for image in job.images if image.nsfw_score is not None]
     if not scores or max(scores) < threshold or (guild_allows_nsfw and channel_nsfw):
@@ -75,10 +78,23 @@ def flagged_action(job: Job, *, threshold: float, guild_allows_nsfw: bool, chann
 
 
 class DeliveryService:
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, *, safety_threshold: float = 0.5) -> None:
         self.db = database
+        self.safety_threshold = safety_threshold
 
-    async def pending(self, limit: int = 20) -> list[Job]:
+    async def flagged_action(self, job: JobRecord, *, channel_nsfw: bool) -> str:
+        """What the server's policy does with this result in that channel: show, blur or withhold."""
+        async with self.db.sessions() as session:
+            guild = await session.get(Guild, job.guild_id)
+        return flagged_action(
+            job,
+            threshold=self.safety_threshold,
+            guild_allows_nsfw=bool(guild and guild.nsfw_policy == "allow"),
+            channel_nsfw=channel_nsfw,
+            action=guild.flagged_images if guild else "blur",
+        )
+
+    async def pending(self, limit: int = 20) -> list[JobRecord]:
         """Ended jobs from Discord that have not been posted yet, oldest first."""
         query = (
             select(Job)
@@ -91,7 +107,7 @@ class DeliveryService:
             .limit(limit)
         )
         async with self.db.sessions() as session:
-            return list((await session.execute(query)).scalars().all())
+            return [JobRecord.of(job) for job in (await session.execute(query)).scalars().all()]
 
     async def claim(self, job_id: str) -> bool:
         """True for exactly one caller, even across bot processes."""
@@ -114,7 +130,7 @@ class DeliveryService:
             await session.execute(update(Job).where(Job.id == job_id).values(message_id=message_id))
             await session.execute(update(Image).where(Image.job_id == job_id).values(message_id=message_id))
 
-    async def job_for_message(self, message_id: int) -> Job | None:
+    async def job_for_message(self, message_id: int) -> JobRecord | None:
         async with self.db.sessions() as session:
-            query = select(Job).where(Job.message_id == message_id)
-            return (await session.execute(query)).scalar_one_or_none()
+            job = (await session.execute(select(Job).where(Job.message_id == message_id))).scalar_one_or_none()
+            return JobRecord.of(job) if job is not None else None

@@ -6,32 +6,29 @@ import asyncio
 import logging
 import secrets
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from sqlalchemy import func, select
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from bot.config import Settings
-from bot.db.base import utcnow
-from bot.db.models import Guild, Job, JobKind, JobStatus, Member, ModerationEvent, Usage
-from bot.db.session import Database
+from bot.db.models import Guild, Job, Member, ModerationEvent, Usage
 from bot.errors import InvalidRequest, NotFound, PolicyRefused
 from bot.services.expansion import Expansion
 from bot.services.inline import parse_aspect, parse_inline, size_for_aspect
 from bot.services.models import profile_for
 from bot.services.moderation import check_prompt
 from bot.services.quota import QuotaService
-from engine.pipelines.costs import compute_units
-from engine.queue.protocol import JobParams, JobQueue
-from engine.queue.sqlite import job_row
+from bot.services.records import JobRecord
+from engine.contract import SEED_LIMIT, JobKind, JobQueue, JobSpec, JobStatus, QueuedJob, image_seed, utcnow
+from engine.queue.database import Database
 
 log = logging.getLogger(__name__)
 
 MAX_PROMPT_CHARS = 1000
 MAX_COUNT = 4
 MIN_SIDE = 64
-SEED_LIMIT = 2**32
 
 
 class Expander(Protocol):
@@ -69,13 +66,13 @@ class ImagineRequest:
     parent_job_id: str | None = None
     init_image: str | None = None
     strength: float | None = None
-    # Set for jobs derived from another (variation, upscale): the parent's expanded prompt, used as is.
-    expanded: str | None = None
+    # Set for jobs derived from another (variation, upscale): the parent's model prompt, used as is.
+    model_prompt: str | None = None
 
 
 @dataclass(frozen=True)
 class Resolved:
-    params: JobParams
+    spec: JobSpec
     style: str | None
     raw: bool
 
@@ -124,10 +121,6 @@ class JobService:
         self.expander = expander
         self.quota = quota
 
-    async def guild(self, guild_id: int) -> Guild | None:
-        async with self.db.sessions() as session:
-            return await session.get(Guild, guild_id)
-
     def validate(
         self, request: ImagineRequest, guild: Guild | None, preferences: dict[str, Any] | None = None
     ) -> Resolved:
@@ -174,9 +167,10 @@ class JobService:
             raise InvalidRequest(f"You can ask for 1 to {MAX_COUNT} images at once.")
         if request.strength is not None and not 0.0 < request.strength <= 1.0:
             raise InvalidRequest("Strength must be greater than 0 and at most 1.")
-        params = JobParams(
+        spec = JobSpec(
             kind=request.kind,
-            prompt=prompt,
+            member_prompt=prompt,
+            model_prompt=prompt,
             negative_prompt=", ".join(n.strip() for n in (request.negative, inline.negative) if n and n.strip()),
             model=model,
             width=width,
@@ -187,16 +181,10 @@ class JobService:
             count=count,
             strength=request.strength,
             init_image=request.init_image,
-            member_prompt=prompt,
         )
         style = request.style or inline.style or preferences.get("style") or (guild.default_style if guild else None)
         raw = request.raw or inline.raw or bool(preferences.get("raw")) or bool(guild and guild.expansion_mode == "raw")
-        return Resolved(params, style, raw)
-
-    async def preferences(self, guild_id: int, user_id: int) -> dict[str, Any]:
-        async with self.db.sessions() as session:
-            member = await session.get(Member, (guild_id, user_id))
-        return dict(member.preferences) if member is not None and member.preferences else {}
+        return Resolved(spec, style, raw)
 
     async def _check_policy(self, request: ImagineRequest, guild: Guild | None, text: str) -> None:
         if guild is not None and guild.allowed_channels and request.channel_id not in guild.allowed_channels:
@@ -213,75 +201,87 @@ class JobService:
             log.info("refused a prompt from user %s in guild %s: %s", request.user_id, request.guild_id, verdict.reason)
             raise PolicyRefused(verdict.reason)
 
-    async def submit(self, request: ImagineRequest) -> Job:
-        """Validate, moderate, expand, then reserve quota and enqueue in one transaction."""
-        guild = await self.guild(request.guild_id)
-        resolved = self.validate(request, guild, await self.preferences(request.guild_id, request.user_id))
-        params = resolved.params
-        await self._check_policy(request, guild, params.prompt)
-        if request.expanded is not None:
-            # Variations and upscales keep their parent's prompts exactly.
-            expansion = Expansion(
-                prompt=params.prompt,
-                expanded=request.expanded,
-                negative=params.negative_prompt,
-                source="parent",
-                style=resolved.style,
-                added="",
-                tokens=0,
-                ms=0.0,
+    async def submit(self, request: ImagineRequest) -> JobRecord:
+        """Validate, refuse (ban, policy, quota) before any model time is spent, expand, then reserve
+        quota and enqueue in one transaction."""
+        async with self.db.sessions() as session:
+            # The guild is read once per request: the checks below and the reservation all use this copy.
+            guild = await session.get(Guild, request.guild_id)
+            member = await session.get(Member, (request.guild_id, request.user_id))
+        if member is not None and member.banned:
+            raise PolicyRefused("You are not allowed to use Atelier on this server.")
+        preferences = dict(member.preferences) if member is not None and member.preferences else {}
+        resolved = self.validate(request, guild, preferences)
+        spec = resolved.spec
+        await self._check_policy(request, guild, spec.member_prompt)
+        units = spec.compute_units
+        async with self.db.sessions() as session:
+            await self.quota.check(
+                session, guild, request.guild_id, request.user_id, spec.count, units, request.role_ids
             )
-        else:
-            try:
-                expansion = await self.expander.expand(
-                    params.prompt,
-                    style=resolved.style,
-                    seed=params.seed,
-                    raw=resolved.raw,
-                    negative=params.negative_prompt or None,
-                    # A server that chose the presets gets them even where the host runs the LLM.
-                    use_llm=not (guild and guild.expansion_mode == "presets"),
-                )
-            except ValueError as error:  # an unknown style, for instance
-                raise InvalidRequest(str(error)) from error
-        if expansion.expanded != params.prompt:
-            await self._check_policy(request, guild, expansion.expanded)
+        expansion = await self._expand(request, guild, resolved)
+        if expansion.model_prompt != spec.member_prompt:
+            await self._check_policy(request, guild, expansion.model_prompt)
+        spec = replace(spec, model_prompt=expansion.model_prompt, negative_prompt=expansion.negative)
         job_id = uuid.uuid4().hex
-        units = compute_units(params)
         async with self.db.transaction() as session:
             await self._ensure_member(session, request)
-            member = await session.get(Member, (request.guild_id, request.user_id))
-            if member is not None and member.banned:
-                raise PolicyRefused("You are not allowed to use Atelier on this server.")
-            guild = await session.get(Guild, request.guild_id)
             await self.quota.reserve(
                 session,
                 guild=guild,
                 guild_id=request.guild_id,
                 user_id=request.user_id,
                 job_id=job_id,
-                images=params.count,
+                images=spec.count,
                 compute_units=units,
                 role_ids=request.role_ids,
             )
             job = job_row(
                 job_id,
-                params,
+                spec,
                 guild_id=request.guild_id,
                 user_id=request.user_id,
                 channel_id=request.channel_id,
                 parent_job_id=request.parent_job_id,
-                expanded_prompt=expansion.expanded,
-                negative_prompt=expansion.negative,
                 expansion_source=expansion.source,
                 style=expansion.style,
                 max_attempts=self.settings.max_attempts,
                 compute_units=units,
             )
             session.add(job)
-        await self.queue.publish(job_id)
+            await session.flush()
+            record = JobRecord.of(job)
+            to_publish = queued(job)
+        await self.queue.publish(to_publish)
         log.info("queued job %s for user %s in guild %s", job_id, request.user_id, request.guild_id)
-        return job
+        return record
+
+    async def _expand(self, request: ImagineRequest, guild: Guild | None, resolved: Resolved) -> Expansion:
+        spec = resolved.spec
+        if request.model_prompt is not None:
+            # Variations and upscales keep their parent's prompts exactly.
+            return Expansion(
+                member_prompt=spec.member_prompt,
+                model_prompt=request.model_prompt,
+                negative=spec.negative_prompt,
+                source="parent",
+                style=resolved.style,
+                added="",
+                tokens=0,
+                ms=0.0,
+            )
+        try:
+            return await self.expander.expand(
+                spec.member_prompt,
+                style=resolved.style,
+                seed=spec.seed,
+                raw=resolved.raw,
+                negative=spec.negative_prompt or None,
+                # A server that chose the presets gets them even where the host runs the LLM.
+                use_llm=not (guild and guild.expansion_mode == "presets"),
+            )
+        except ValueError as error:  # an unknown style, for instance
+            raise InvalidRequest(str(error)) from error
 
     async def _ensure_member(self, session, request: ImagineRequest) -> None:  # type: ignore[no-untyped-def]
         await session.execute(sqlite_insert(Guild).values(id=request.guild_id).on_conflict_do_nothing())
@@ -291,19 +291,19 @@ class JobService:
             .on_conflict_do_nothing()
         )
 
-    async def get(self, job_id: str) -> Job:
+    async def get(self, job_id: str) -> JobRecord:
         async with self.db.sessions() as session:
             job = await session.get(Job, job_id)
-        if job is None:
-            raise NotFound(f"No job {job_id}.")
-        return job
+            if job is None:
+                raise NotFound(f"No job {job_id}.")
+            return JobRecord.of(job)
 
-    async def wait(self, job_id: str, *, timeout: float | None = None, poll_seconds: float = 0.1) -> Job:
+    async def wait(self, job_id: str, *, timeout: float | None = None, poll_seconds: float = 0.1) -> JobRecord:
         """Poll until the job ends. Polling a WAL database is cheap and needs no extra channel."""
         async with asyncio.timeout(timeout):
             while True:
                 job = await self.get(job_id)
-                if JobStatus(job.status).terminal:
+                if job.terminal:
                     return job
                 await asyncio.sleep(poll_seconds)
 
@@ -314,16 +314,18 @@ class JobService:
         status = await self.queue.cancel(job_id)
         return status or "missing"
 
-    async def list_jobs(self, *, limit: int = 50, status: str | None = None, guild_id: int | None = None) -> list[Job]:
+    async def list_jobs(
+        self, *, limit: int = 50, status: str | None = None, guild_id: int | None = None
+    ) -> list[JobRecord]:
         query = select(Job).order_by(Job.created_at.desc()).limit(limit)
         if status:
             query = query.where(Job.status == status)
         if guild_id is not None:
             query = query.where(Job.guild_id == guild_id)
         async with self.db.sessions() as session:
-            return list((await session.execute(query)).scalars().all())
+            return [JobRecord.of(job) for job in (await session.execute(query)).scalars().all()]
 
-    async def retry(self, job_id: str) -> Job:
+    async def retry(self, job_id: str) -> JobRecord:
         """Operator's retry of an ended job: back in the queue with fresh attempts, charged again."""
         async with self.db.transaction() as session:
             job = await session.get(Job, job_id)
@@ -340,8 +342,10 @@ class JobService:
             usage = await session.get(Usage, job_id)
             if usage is not None:
                 usage.refunded_at = None
-        await self.queue.publish(job_id)
-        return job
+            await session.flush()
+            record, to_publish = JobRecord.of(job), queued(job)
+        await self.queue.publish(to_publish)
+        return record
 
     async def derived_request(self, parent_id: str, index: int, kind: str, **member: Any) -> ImagineRequest:
         """A variation (img2img, fresh seeds) or an upscale (2×, enhanced) of one image of a finished job."""
@@ -350,10 +354,10 @@ class JobService:
             raise InvalidRequest("That image is not available any more.")
         image = parent.images[index]
         common = {
-            "prompt": parent.prompt,
+            "prompt": parent.member_prompt,
             "negative": parent.negative_prompt or None,
             "style": parent.style,
-            "expanded": parent.expanded_prompt,
+            "model_prompt": parent.model_prompt,
             "init_image": image.path,
             "parent_job_id": parent.id,
             "model": parent.model,
@@ -363,7 +367,7 @@ class JobService:
         if kind == JobKind.UPSCALE:
             width, height = self.upscaled_size(parent.width, parent.height, parent.model)
             return ImagineRequest(
-                kind=kind, width=width, height=height, seed=(parent.seed + index) % SEED_LIMIT, count=1, **common
+                kind=kind, width=width, height=height, seed=image_seed(parent.seed, index), count=1, **common
             )
         return ImagineRequest(
             kind=JobKind.IMAGE_TO_IMAGE, width=parent.width, height=parent.height, strength=0.6, **common
@@ -422,3 +426,23 @@ class JobService:
         return Progress(
             job.status, int(ahead) + 1, (int(ahead) + 1) * float(recent or 0.0), job.progress_step, job.steps
         )
+
+
+def job_row(job_id: str, spec: JobSpec, **fields: Any) -> Job:
+    """A queued job row carrying ``spec``; ``fields`` add the rest (who asked, where, the expansion)."""
+    now = utcnow()
+    return Job(
+        id=job_id,
+        **spec.to_dict(),
+        status=JobStatus.QUEUED,
+        created_at=now,
+        available_at=now,
+        images=[],  # a new job has none; set, so that reading them needs no lazy load
+        **fields,
+    )
+
+
+def queued(job: Job) -> QueuedJob:
+    """What a queue backend carries of a committed row."""
+    spec = JobSpec(**{name: getattr(job, name) for name in JobSpec.__dataclass_fields__})
+    return QueuedJob(job.id, job.user_id, spec, job.attempts, job.max_attempts, job.created_at)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bot.config import TINY_MODEL
+from engine.config import TINY_MODEL
 
 
 @dataclass(frozen=True)

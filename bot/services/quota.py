@@ -10,9 +10,9 @@ from datetime import date, datetime, time, timedelta
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.db.base import utcnow
-from bot.db.models import Guild, Job, JobStatus, Quota, QuotaScope, Usage
+from bot.db.models import Guild, Job, Quota, QuotaScope, Usage
 from bot.errors import QuotaExceeded
+from engine.contract import JobStatus, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,35 @@ class QuotaService:
         role_ids: Iterable[int] = (),
         now: datetime | None = None,
     ) -> None:
-        """Check every limit and record the usage row; raises QuotaExceeded with the reason."""
+        """Check every limit and record the usage row; raises QuotaExceeded with the reason. Inside the
+        enqueue transaction, so two requests cannot both take the last image left."""
+        now = now or utcnow()
+        await self.check(session, guild, guild_id, user_id, images, compute_units, role_ids, now)
+        session.add(
+            Usage(
+                job_id=job_id,
+                guild_id=guild_id,
+                user_id=user_id,
+                day=day_of(now),
+                images=images,
+                compute_units=compute_units,
+                created_at=now,
+            )
+        )
+
+    async def check(
+        self,
+        session: AsyncSession,
+        guild: Guild | None,
+        guild_id: int,
+        user_id: int,
+        images: int,
+        compute_units: float,
+        role_ids: Iterable[int] = (),
+        now: datetime | None = None,
+    ) -> None:
+        """Raise QuotaExceeded if a request of this size would break a limit now; writes nothing, so a
+        request can be refused before any model time is spent on it."""
         now = now or utcnow()
         usage = await self.summary(session, guild, guild_id, user_id, role_ids, now)
         budget = usage.budget
@@ -178,14 +206,3 @@ class QuotaService:
                 f"Daily compute limit reached: {compute_left:g} unit(s) left, this needs {compute_units:g}.",
                 resets_at=usage.resets_at,
             )
-        session.add(
-            Usage(
-                job_id=job_id,
-                guild_id=guild_id,
-                user_id=user_id,
-                day=day_of(now),
-                images=images,
-                compute_units=compute_units,
-                created_at=now,
-            )
-        )

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from sqlalchemy import delete, select
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from bot.db.base import utcnow
 from bot.db.models import Guild, Image, Job, Rating
-from bot.db.session import Database
+from engine.contract import utcnow
+from engine.queue.database import Database
 
 log = logging.getLogger(__name__)
 

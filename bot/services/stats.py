@@ -7,9 +7,9 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from bot.db.base import utcnow
-from bot.db.models import Image, Job, JobStatus, Rating
-from bot.db.session import Database
+from bot.db.models import Image, Job, Rating
+from engine.contract import JobStatus, utcnow
+from engine.queue.database import Database
 
 
 async def guild_stats(database: Database, guild_id: int, *, days: int = 7, top: int = 3) -> dict[str, Any]:
@@ -26,7 +26,7 @@ async def guild_stats(database: Database, guild_id: int, *, days: int = 7, top: 
         ).all()
         best = (
             await session.execute(
-                select(Job.id, Job.prompt, Image.message_id, func.avg(Rating.score), func.count(Rating.id))
+                select(Job.id, Job.member_prompt, Image.message_id, func.avg(Rating.score), func.count(Rating.id))
                 .join(Image, Image.id == Rating.image_id)
                 .join(Job, Job.id == Rating.job_id)
                 .where(Rating.guild_id == guild_id)

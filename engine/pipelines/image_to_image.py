@@ -7,28 +7,31 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
-from engine.queue.protocol import JobParams
+from engine.contract import JobSpec, PermanentJobError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_STRENGTH = {"img2img": 0.6, "upscale": 0.3}
 
 
-def load_init_image(params: JobParams) -> Image.Image:
+def load_init_image(params: JobSpec) -> Image.Image:
     """The source image at the job's size. An upscale enlarges with Lanczos first, then the model
     re-draws fine detail at low strength (a "hires fix"), so no second model is needed."""
     if not params.init_image:
-        raise ValueError(f"a {params.kind} job needs a source image")
-    with Image.open(params.init_image) as source:
-        image = source.convert("RGB")
+        raise PermanentJobError(f"a {params.kind} job needs a source image")
+    try:
+        with Image.open(params.init_image) as source:
+            image = source.convert("RGB")
+    except (FileNotFoundError, UnidentifiedImageError) as error:
+        raise PermanentJobError(f"the source image cannot be read: {error}") from error
     if image.size != (params.width, params.height):
         image = image.resize((params.width, params.height), Image.Resampling.LANCZOS)
     return image
 
 
-def effective_steps(params: JobParams) -> tuple[int, float]:
+def effective_steps(params: JobSpec) -> tuple[int, float]:
     """diffusers runs ``int(steps × strength)`` steps; ask for enough that the job gets the steps it names."""
     strength = params.strength if params.strength is not None else DEFAULT_STRENGTH.get(params.kind, 0.6)
     return max(params.steps, math.ceil(params.steps / strength)), strength
@@ -45,7 +48,7 @@ def image_to_image_pipe(text_pipe: Any) -> Any:
 
 def run(
     pipe: Any,
-    jobs: Sequence[JobParams],
+    jobs: Sequence[JobSpec],
     prompts: list[str],
     negatives: list[str] | None,
     generators: list[Any],

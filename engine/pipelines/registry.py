@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from bot.config import TINY_MODEL
+from engine.config import TINY_MODEL
 
 log = logging.getLogger(__name__)
 

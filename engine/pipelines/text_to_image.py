@@ -6,15 +6,15 @@ import io
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from engine.queue.protocol import GeneratedImage, JobParams
+from engine.contract import IMAGE_TO_IMAGE_KINDS, GeneratedImage, JobSpec, PermanentJobError
 
 log = logging.getLogger(__name__)
 
-IMAGE_TO_IMAGE_KINDS = frozenset({"img2img", "upscale"})
 
 # What ``encode_prompt`` returns, in order: SD pipelines give the first two, SDXL all four.
 _EMBEDDING_NAMES = ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds")
@@ -24,18 +24,13 @@ class Interrupted(Exception):
     """The job was cancelled, or the worker lost its lease, between two denoising steps."""
 
 
-def image_seeds(params: JobParams) -> list[int]:
-    # Image i of a grid uses seed + i, so any single image of a grid can be reproduced alone.
-    return [(params.seed + i) % 2**32 for i in range(params.count)]
-
-
-def png_with_metadata(image: Any, params: JobParams, seed: int) -> bytes:
+def png_with_metadata(image: Any, params: JobSpec, seed: int) -> bytes:
     from PIL.PngImagePlugin import PngInfo
 
     info = PngInfo()
     metadata = {
-        "prompt": params.member_prompt or params.prompt,
-        "expanded_prompt": params.prompt,
+        "member_prompt": params.member_prompt,
+        "model_prompt": params.model_prompt,
         "negative_prompt": params.negative_prompt,
         "seed": seed,
         "steps": params.steps,
@@ -50,6 +45,17 @@ def png_with_metadata(image: Any, params: JobParams, seed: int) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", pnginfo=info)
     return buffer.getvalue()
+
+
+@contextmanager
+def _bad_arguments_are_permanent() -> Iterator[None]:
+    """diffusers refuses arguments it cannot run (a size its VAE cannot tile, a bad strength) with
+    ValueError or TypeError: the job's fault, and the same on every try. Everything else (out of
+    memory, a driver fault) may pass and stays as raised."""
+    try:
+        yield
+    except (ValueError, TypeError) as error:
+        raise PermanentJobError(f"{type(error).__name__}: {error}") from error
 
 
 @dataclass
@@ -137,9 +143,10 @@ class TextToImage:
     def warm_up(self, side: int | None = None, *, steps: int = 1) -> float:
         side = side or self.options.warmup_side
         started = time.perf_counter()
-        params = JobParams(
+        params = JobSpec(
             kind="txt2img",
-            prompt="warm-up",
+            member_prompt="warm-up",
+            model_prompt="warm-up",
             negative_prompt="",
             model=self.model,
             width=side,
@@ -162,7 +169,7 @@ class TextToImage:
 
     def generate(
         self,
-        jobs: Sequence[JobParams],
+        jobs: Sequence[JobSpec],
         *,
         should_stop: Callable[[], bool] = lambda: False,
         on_step: Callable[[int, int], None] | None = None,
@@ -173,8 +180,8 @@ class TextToImage:
         negatives: list[str] = []
         generators = []
         for job in jobs:
-            for seed in image_seeds(job):
-                prompts.append(job.prompt)
+            for seed in job.seeds:
+                prompts.append(job.model_prompt)
                 negatives.append(job.negative_prompt)
                 # CPU generators give the same noise on every machine and for every batch size.
                 generators.append(self._torch.Generator("cpu").manual_seed(seed))
@@ -194,7 +201,7 @@ class TextToImage:
         # A fresh scheduler per call: schedulers keep per-run state (step index, sigmas).
         self.pipe.scheduler = self.pipe.scheduler.from_config(self.pipe.scheduler.config)
         self._set_vae_tiling(first.width * first.height)
-        with self._torch.inference_mode():
+        with self._torch.inference_mode(), _bad_arguments_are_permanent():
             if first.kind in IMAGE_TO_IMAGE_KINDS:
                 from engine.pipelines import image_to_image
 
@@ -215,7 +222,7 @@ class TextToImage:
         images = iter(pil_images)
         for job in jobs:
             encoded = []
-            for index, seed in enumerate(image_seeds(job)):
+            for index, seed in enumerate(job.seeds):
                 image = next(images)
                 encoded.append(GeneratedImage(index, png_with_metadata(image, job, seed), image.width, image.height))
             out.append(encoded)
@@ -226,7 +233,7 @@ class TextToImage:
         prompts: list[str],
         negatives: list[str] | None,
         generators: list[Any],
-        first: JobParams,
+        first: JobSpec,
         step_end: Callable[..., dict[str, Any]],
     ) -> list[Any]:
         guided = self._classifier_free_guidance(first.guidance)

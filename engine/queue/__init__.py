@@ -1,27 +1,15 @@
-"""The job queue. Torch-free: the bot imports it."""
+"""The job queue's two backends behind engine.contract.JobQueue. Torch-free: the bot imports it."""
 
 from __future__ import annotations
 
-from engine.queue.protocol import (
-    ClaimedJob,
-    GeneratedImage,
-    JobParams,
-    JobQueue,
-    JobResult,
-    LeaseState,
-)
+from typing import TYPE_CHECKING
 
-__all__ = [
-    "ClaimedJob",
-    "GeneratedImage",
-    "JobParams",
-    "JobQueue",
-    "JobResult",
-    "LeaseState",
-    "is_redis_url",
-    "open_queue",
-]
+if TYPE_CHECKING:
+    from engine.config import EngineSettings
+    from engine.contract import JobQueue
+    from engine.queue.database import Database
 
+__all__ = ["is_redis_url", "open_queue"]
 
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
@@ -30,13 +18,14 @@ def is_redis_url(url: str | None) -> bool:
     return bool(url) and url.startswith(REDIS_SCHEMES)  # type: ignore[union-attr]
 
 
-def open_queue(settings, database=None) -> JobQueue:  # type: ignore[no-untyped-def]
-    """The backend named by ``settings.queue_url``: SQLite lease table by default, Redis Streams if redis://."""
+def open_queue(settings: EngineSettings, database: Database | None = None) -> JobQueue:
+    """The backend named by ``settings.queue_url``: SQLite lease table by default, Redis Streams if redis://.
+    ``database`` is the bot's: Redis needs one only on the bot's side, to apply results."""
     if is_redis_url(settings.queue_url):
         from engine.queue.redis import RedisQueue
 
-        return RedisQueue(settings.queue_url, settings=settings, database=database)
-    from bot.db.session import Database
+        return RedisQueue(settings.queue_url, settings=settings, database=database)  # type: ignore[arg-type]
+    from engine.queue.database import Database
     from engine.queue.sqlite import SqliteQueue
 
     return SqliteQueue(database or Database(settings.db_url), settings)

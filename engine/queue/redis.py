@@ -45,7 +45,7 @@ the job without counting the attempt.
 
 Results: ``complete`` publishes the PNG bytes on ``results`` in the same script that acks the entry,
 so a result exists exactly when the job left the queue. ``pump`` (bot side) writes the images and
-applies the outcome with bot.db.records, idempotently: an event applied twice, or a second result of a
+applies the outcome with engine.queue.ledger, idempotently: an event applied twice, or a second result of a
 job that ran twice, changes nothing. Applied events are deleted, so image bytes do not stay in Redis.
 """
 
@@ -68,15 +68,17 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from sqlalchemy import select
 
-from bot.background import wait_for_event
-from engine.queue.protocol import ClaimedJob, GeneratedImage, JobParams, JobResult, LeaseState
+from engine.background import wait_for_event
+from engine.contract import ClaimedJob, GeneratedImage, JobResult, JobSpec, LeaseState, QueuedJob
+from engine.queue import ledger
 
 if TYPE_CHECKING:
     from redis.asyncio.client import PubSub
 
-    from bot.config import Settings
-    from bot.db.session import Database
+    from engine.config import EngineSettings
+    from engine.queue.database import Database
 
 log = logging.getLogger(__name__)
 
@@ -94,248 +96,30 @@ BACKOFF_SECONDS = 2.0
 # An image-to-image job's init image travels with it, as PNG bytes in this field of its stream entry.
 INIT_IMAGE_FIELD = "init_image_png"
 UNAVAILABLE_LOG_SECONDS = 30.0
+LUA_DIR = Path(__file__).with_name("lua")
 
-_PRELUDE = """
-local P = ARGV[1]
-local GROUP = 'engines'
-local function qkey(model, member) return P .. 'q:' .. model .. ':' .. member end
-local function as_table(flat)
-  local t = {}
-  for i = 1, #flat, 2 do t[flat[i]] = flat[i + 1] end
-  return t
-end
-local function emit(fields) redis.call('XADD', P .. 'results', '*', unpack(fields)) end
--- Acked entries are deleted, and an empty stream goes with its group: the streams then hold exactly
--- the waiting and running jobs, and dead engines' consumer names do not pile up.
-local function remove(model, member, id)
-  local key = qkey(model, member)
-  redis.call('XACK', key, GROUP, id)
-  redis.call('XDEL', key, id)
-  if redis.call('XLEN', key) == 0 then
-    redis.call('DEL', key)
-    redis.call('ZREM', P .. 'waiting:' .. model, member)
-    redis.call('SREM', P .. 'members:' .. model, member)
-    if redis.call('SCARD', P .. 'members:' .. model) == 0 then redis.call('SREM', P .. 'models', model) end
-  end
-end
--- The fencing check: still pending, with this owner, and not delivered again since it was claimed.
-local function owned(key, id, consumer, deliveries)
-  if redis.call('EXISTS', key) == 0 then return false end
-  local p = redis.call('XPENDING', key, GROUP, id, id, 1)
-  return #p == 1 and p[1][2] == consumer and tonumber(p[1][4]) == tonumber(deliveries)
-end
-"""
 
-# ARGV: prefix, model, member, created ms, job id, entry fields…
-_PUBLISH = (
-    _PRELUDE
-    + """
-local model, member, created, job_id = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local fields = {}
-for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
-local key = qkey(model, member)
-if redis.call('EXISTS', key) == 0 then redis.call('XGROUP', 'CREATE', key, GROUP, '0', 'MKSTREAM') end
--- A job published again (an operator's retry) starts clean.
-redis.call('DEL', P .. 'cancel:' .. job_id, P .. 'error:' .. job_id)
-local id = redis.call('XADD', key, '*', unpack(fields))
--- NX: when the member already has jobs waiting, the oldest of them stays the head of their line.
-redis.call('ZADD', P .. 'waiting:' .. model, 'NX', created, member)
-redis.call('SADD', P .. 'members:' .. model, member)
-redis.call('SADD', P .. 'models', model)
-return id
-"""
-)
-
-# ARGV: prefix, consumer, lease ms, limit, models… (none: every model)
-# Returns {{model, member, entry id, deliveries, {fields…}}, …}
-_CLAIM = (
-    _PRELUDE
-    + """
-local consumer, lease_ms, limit = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
-local models = {}
-for i = 5, #ARGV do models[#models + 1] = ARGV[i] end
-if #models == 0 then models = redis.call('SMEMBERS', P .. 'models') end
-local claimed = {}
-
-local function ended(model, member, id, f, event, err, attempts)
-  remove(model, member, id)
-  redis.call('DEL', P .. 'error:' .. f.job_id)
-  emit({'event', event, 'job_id', f.job_id, 'error', err, 'attempt', tostring(attempts), 'worker', consumer})
-end
-
-local function admit(model, member, id, flat, deliveries)
-  local f = as_table(flat)
-  local attempt = tonumber(f.attempts) + deliveries
-  if redis.call('EXISTS', P .. 'cancel:' .. f.job_id) == 1 then
-    ended(model, member, id, f, 'cancelled', 'cancelled', attempt - 1)
-    return false
-  end
-  if attempt > tonumber(f.max_attempts) then
-    local err = redis.call('GET', P .. 'error:' .. f.job_id) or 'lease expired: the engine stopped responding'
-    ended(model, member, id, f, 'failed', err, attempt - 1)
-    return false
-  end
-  claimed[#claimed + 1] = {model, member, id, tostring(deliveries), flat}
-  emit({'event', 'started', 'job_id', f.job_id, 'attempt', tostring(attempt), 'worker', consumer})
-  return true
-end
-
--- Entries of dead engines (and retries whose back-off is over) first: their members have waited longest.
-for _, model in ipairs(models) do
-  for _, member in ipairs(redis.call('SMEMBERS', P .. 'members:' .. model)) do
-    if #claimed >= limit then break end
-    local key = qkey(model, member)
-    local taken = redis.call('XAUTOCLAIM', key, GROUP, consumer, lease_ms, '0-0', 'COUNT', limit - #claimed)
-    for _, entry in ipairs(taken[2]) do
-      local p = redis.call('XPENDING', key, GROUP, entry[1], entry[1], 1)
-      admit(model, member, entry[1], entry[2], tonumber(p[1][4]))
-    end
-  end
-end
-
--- Then new work, one job at a time: fewest running first, then the oldest head of line.
-local all_models = redis.call('SMEMBERS', P .. 'models')
-local running = {}
-local function running_of(member)
-  local n = running[member]
-  if n == nil then
-    n = 0
-    for _, m in ipairs(all_models) do
-      local key = qkey(m, member)
-      if redis.call('EXISTS', key) == 1 then n = n + redis.call('XPENDING', key, GROUP)[1] end
-    end
-    running[member] = n
-  end
-  return n
-end
-local heads = {}
-for _, model in ipairs(models) do
-  local w = redis.call('ZRANGE', P .. 'waiting:' .. model, 0, -1, 'WITHSCORES')
-  for i = 1, #w, 2 do heads[#heads + 1] = {model = model, member = w[i], created = tonumber(w[i + 1])} end
-end
-while #claimed < limit and #heads > 0 do
-  local best, best_i, best_running
-  for i, h in ipairs(heads) do
-    local r = running_of(h.member)
-    if best == nil or r < best_running or (r == best_running and (h.created < best.created
-        or (h.created == best.created and h.member < best.member))) then
-      best, best_i, best_running = h, i, r
-    end
-  end
-  local key = qkey(best.model, best.member)
-  local entry = nil
-  if redis.call('EXISTS', key) == 1 then
-    local read = redis.call('XREADGROUP', 'GROUP', GROUP, consumer, 'COUNT', 1, 'STREAMS', key, '>')
-    entry = read and read[1][2][1]
-  end
-  local nxt = {}
-  if entry then nxt = redis.call('XRANGE', key, '(' .. entry[1], '+', 'COUNT', 1) end
-  if #nxt > 0 then
-    best.created = tonumber(as_table(nxt[1][2]).created)
-    redis.call('ZADD', P .. 'waiting:' .. best.model, best.created, best.member)
-  else
-    redis.call('ZREM', P .. 'waiting:' .. best.model, best.member)
-    table.remove(heads, best_i)
-  end
-  if entry and admit(best.model, best.member, entry[1], entry[2], 1) then
-    running[best.member] = best_running + 1
-  end
-end
-return claimed
-"""
-)
-
-# ARGV: prefix, consumer, model, member, entry id, deliveries, job id → 0 lost, 1 held, 2 cancel requested
-_RENEW = (
-    _PRELUDE
-    + """
-local key = qkey(ARGV[3], ARGV[4])
-if not owned(key, ARGV[5], ARGV[2], ARGV[6]) then return 0 end
--- The owner's XCLAIM with JUSTID resets the idle time and leaves the delivery count, the fencing
--- token, as it is.
-redis.call('XCLAIM', key, GROUP, ARGV[2], 0, ARGV[5], 'JUSTID')
-if redis.call('EXISTS', P .. 'cancel:' .. ARGV[7]) == 1 then return 2 end
-return 1
-"""
-)
-
-# ARGV: prefix, consumer, model, member, entry id, deliveries, job id, result fields… → 1 done, 0 lost
-_COMPLETE = (
-    _PRELUDE
-    + """
-local model, member, id = ARGV[3], ARGV[4], ARGV[5]
-if not owned(qkey(model, member), id, ARGV[2], ARGV[6]) then return 0 end
-local fields = {}
-for i = 8, #ARGV do fields[#fields + 1] = ARGV[i] end
-emit(fields)
-remove(model, member, id)
-redis.call('DEL', P .. 'error:' .. ARGV[7])
-return 1
-"""
-)
-
-# ARGV: prefix, consumer, model, member, entry id, deliveries, job id, retryable (0/1), attempt,
-#       max attempts, back-off idle ms, error, error TTL s → 'lost', 'cancelled', 'queued' or 'failed'
-_FAIL = (
-    _PRELUDE
-    + """
-local consumer, model, member, id, job_id = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[7]
-local key = qkey(model, member)
-if not owned(key, id, consumer, ARGV[6]) then return 'lost' end
-local attempt, err = ARGV[9], ARGV[12]
-local function finish(event, message)
-  remove(model, member, id)
-  redis.call('DEL', P .. 'error:' .. job_id)
-  emit({'event', event, 'job_id', job_id, 'error', message, 'attempt', attempt, 'worker', consumer})
-  return event
-end
-if redis.call('EXISTS', P .. 'cancel:' .. job_id) == 1 then return finish('cancelled', 'cancelled') end
-if ARGV[8] == '1' and tonumber(attempt) < tonumber(ARGV[10]) then
-  -- Stay pending, with the idle time set so that the entry is taken over once the back-off is over.
-  redis.call('SET', P .. 'error:' .. job_id, err, 'EX', tonumber(ARGV[13]))
-  redis.call('XCLAIM', key, GROUP, consumer, 0, id, 'IDLE', tonumber(ARGV[11]), 'JUSTID')
-  return 'queued'
-end
-return finish('failed', err)
-"""
-)
-
-# ARGV: prefix, consumer, model, member, entry id, deliveries, created ms, entry fields… → 1 / 0
-_RELEASE = (
-    _PRELUDE
-    + """
-local model, member, id = ARGV[3], ARGV[4], ARGV[5]
-local key = qkey(model, member)
-if not owned(key, id, ARGV[2], ARGV[6]) then return 0 end
-local fields = {}
-for i = 8, #ARGV do fields[#fields + 1] = ARGV[i] end
--- Acked and added again rather than left pending: a takeover would count an attempt, and a shutdown
--- is not the job's fault. Added before anything can delete the (then perhaps empty) stream.
-redis.call('XACK', key, GROUP, id)
-redis.call('XDEL', key, id)
-redis.call('XADD', key, '*', unpack(fields))
-redis.call('ZADD', P .. 'waiting:' .. model, 'NX', ARGV[7], member)
-return 1
-"""
-)
+def _script(name: str) -> str:
+    """A script of lua/, behind the prelude of helpers they share (Redis scripts cannot import)."""
+    return (LUA_DIR / "prelude.lua").read_text() + (LUA_DIR / f"{name}.lua").read_text()
 
 
 async def _entry(
-    job_id: str, user_id: int, params: JobParams, attempts: int, max_attempts: int, created: str
+    job_id: str, user_id: int, spec: JobSpec, attempts: int, max_attempts: int, created: str
 ) -> list[str | bytes]:
     """A job's stream entry, flattened to field, value, field, value… for the scripts."""
     fields: dict[str, str | bytes] = {
         "job_id": job_id,
         "user_id": str(user_id),
-        "model": params.model,
-        "params": json.dumps(params.to_dict()),
+        "model": spec.model,
+        "spec": json.dumps(spec.to_dict()),
         "attempts": str(attempts),
         "max_attempts": str(max_attempts),
         "created": created,
     }
-    if params.init_image:
+    if spec.init_image:
         # The file is on this host; engines on other hosts get its bytes with the job.
-        fields[INIT_IMAGE_FIELD] = await asyncio.to_thread(Path(params.init_image).read_bytes)
+        fields[INIT_IMAGE_FIELD] = await asyncio.to_thread(Path(spec.init_image).read_bytes)
     return [item for pair in fields.items() for item in pair]
 
 
@@ -344,7 +128,7 @@ def _text(value: Any) -> str:
 
 
 def _epoch_ms(moment: datetime) -> int:
-    """Naive datetimes in this project are UTC (bot.db.base.utcnow)."""
+    """Naive datetimes in this project are UTC (engine.contract.utcnow)."""
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return int(moment.timestamp() * 1000)
@@ -386,7 +170,7 @@ class RedisQueue:
         self,
         url: str,
         *,
-        settings: Settings,
+        settings: EngineSettings,
         database: Database | None = None,
         prefix: str = DEFAULT_PREFIX,
         results_reclaim_seconds: float = 30.0,
@@ -399,12 +183,12 @@ class RedisQueue:
         # A bot process that died with results claimed but not applied: another one applies them
         # after this long. Also how soon a result that failed to apply (a locked database) is retried.
         self.results_reclaim_ms = int(results_reclaim_seconds * 1000)
-        self._publish = self.redis.register_script(_PUBLISH)
-        self._claim = self.redis.register_script(_CLAIM)
-        self._renew = self.redis.register_script(_RENEW)
-        self._complete = self.redis.register_script(_COMPLETE)
-        self._fail = self.redis.register_script(_FAIL)
-        self._release = self.redis.register_script(_RELEASE)
+        self._publish = self.redis.register_script(_script("publish"))
+        self._claim = self.redis.register_script(_script("claim"))
+        self._renew = self.redis.register_script(_script("renew"))
+        self._complete = self.redis.register_script(_script("complete"))
+        self._fail = self.redis.register_script(_script("fail"))
+        self._release = self.redis.register_script(_script("release"))
         self._worker_started: dict[str, float] = {}
         self._unavailable_logged = 0.0
         self._wake: PubSub | None = None  # an engine's subscription to "a job was published"
@@ -414,30 +198,21 @@ class RedisQueue:
 
     # ---------------------------------------------------------------- bot side
 
-    async def publish(self, job_id: str) -> None:
-        """Send a committed job row to the engines."""
-        from bot.db.models import Job, JobStatus
-        from engine.queue.sqlite import claimed_params
-
-        async with self._database().sessions() as session:
-            job = await session.get(Job, job_id)
-        if job is None:
-            raise LookupError(f"no job {job_id} to publish")
-        if job.status != JobStatus.QUEUED:
-            log.info("job %s is %s, not queued: not published", job_id, job.status)
-            return
+    async def publish(self, job: QueuedJob) -> None:
+        """Send a committed job to the engines."""
         created = str(_epoch_ms(job.created_at))
-        flat = await _entry(job.id, job.user_id, claimed_params(job), job.attempts, job.max_attempts, created)
-        await self._publish(args=[self.prefix, job.model, str(job.user_id), created, job.id, *flat], client=self.redis)
-        await self.redis.publish(self._key("wake"), job.model)  # idle engines claim now, not at their next poll
+        flat = await _entry(job.id, job.user_id, job.spec, job.attempts, job.max_attempts, created)
+        await self._publish(
+            args=[self.prefix, job.spec.model, str(job.user_id), created, job.id, *flat], client=self.redis
+        )
+        await self.redis.publish(self._key("wake"), job.spec.model)  # idle engines claim now, not at their next poll
 
     async def cancel(self, job_id: str) -> str | None:
         """A queued job ends at once with a refund; a running one is flagged and its engine stops it."""
-        from engine.queue.sqlite import cancel_in_database
-
         # The flag first: an engine that claims the job a moment later must already see it.
         await self.redis.set(self._key("cancel", job_id), 1, ex=CANCEL_TTL_SECONDS)
-        return await cancel_in_database(self._database(), job_id)
+        async with self._database().transaction() as session:
+            return await ledger.cancel(session, job_id)
 
     async def pump(self, stop: asyncio.Event | None = None, *, block_ms: int = 1000) -> None:
         """Apply engines' events to the database until ``stop`` is set (or the task is cancelled).
@@ -477,6 +252,22 @@ class RedisQueue:
                 log.exception("results pump pass failed")
                 await asyncio.sleep(1.0)
 
+    async def pump_pending(self) -> int:
+        """Apply every event already reported, then return how many there were: a pump that ends
+        instead of waiting for more, for a command (or a test) that needs the ledger up to date now."""
+        results = self._key("results")
+        await self._ensure_group(results, BOTS)
+        consumer = f"{socket.gethostname()}-{os.getpid()}-once"
+        applied = 0
+        while read := await self.redis.xreadgroup(BOTS, consumer, {results: ">"}, count=64):
+            entries = [entry for _, batch in read for entry in batch]
+            if not entries:
+                break
+            for entry_id, fields in entries:
+                await self._apply_entry(results, entry_id, fields)
+            applied += len(entries)
+        return applied
+
     async def _apply_entry(self, results: str, entry_id: Any, raw: dict[bytes, bytes]) -> None:
         fields = {_text(k): v for k, v in raw.items()}
         try:
@@ -500,63 +291,45 @@ class RedisQueue:
             await pipe.execute()
 
     async def _apply(self, event: str, job_id: str, fields: dict[str, Any]) -> None:
-        from sqlalchemy import func, update
-
-        from bot.db.base import utcnow
-        from bot.db.models import Job, JobStatus
-        from bot.db.records import record_failure, record_success, write_images
-
         database = self._database()
-        open_job = (Job.id == job_id, Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]))
         attempt = int(_text(fields.get("attempt", b"0")) or 0)
         if event == "started":
             async with database.transaction() as session:
-                await session.execute(
-                    update(Job)
-                    .where(*open_job)
-                    .values(
-                        status=JobStatus.RUNNING,
-                        # max: with several bots, an older attempt's event may be applied after a newer one.
-                        attempts=func.max(Job.attempts, attempt),
-                        started_at=func.coalesce(Job.started_at, utcnow()),
-                        progress_step=None,
-                    )
-                )
+                await ledger.mark_started(session, job_id, attempt)
         elif event == "progress":
             async with database.transaction() as session:
-                await session.execute(
-                    update(Job)
-                    .where(Job.id == job_id, Job.status == JobStatus.RUNNING)
-                    .values(progress_step=int(_text(fields["step"])))
-                )
+                await ledger.record_progress(session, job_id, int(_text(fields["step"])))
         elif event == "succeeded":
             # A job that ran twice (a lease lost mid-run) may report twice: the files of the result already
             # recorded, and perhaps delivered, are not to be overwritten.
             async with database.sessions() as session:
-                job = await session.get(Job, job_id)
-            if job is None or job.status not in (JobStatus.QUEUED, JobStatus.RUNNING):
-                log.info("job %s is %s; its result is dropped", job_id, job.status if job else "gone")
+                still_open = (
+                    await session.execute(select(ledger.jobs.c.id).where(ledger.open_job(job_id, None)))
+                ).scalar_one_or_none()
+            if still_open is None:
+                log.info("job %s has ended or is gone; its result is dropped", job_id)
                 return
             meta = json.loads(_text(fields["meta"]))
             images = [
                 GeneratedImage(m["index"], fields[f"png:{m['index']}"], m["width"], m["height"], m.get("nsfw_score"))
                 for m in meta["images"]
             ]
-            result = JobResult(images, meta["gpu_seconds"], meta["compute_units"], meta.get("extra", {}))
-            paths = await asyncio.to_thread(write_images, self.settings.images_dir, job_id, images)
+            result = JobResult(images, meta["gpu_seconds"], meta.get("extra", {}))
+            paths = await asyncio.to_thread(ledger.write_images, self.settings.images_dir, job_id, images)
             async with database.transaction() as session:
-                await record_success(session, job_id, result, paths, lease_owner=None)
+                await ledger.record_successes(session, [ledger.Success(job_id, result, paths, None, attempt)])
         elif event in ("failed", "cancelled"):
+            error = _text(fields.get("error", b"")) or event
             async with database.transaction() as session:
-                values: dict[str, Any] = {}
-                if attempt:
-                    values["attempts"] = func.max(Job.attempts, attempt)
-                if event == "cancelled":
-                    values["cancel_requested"] = True  # so that record_failure ends it as cancelled
-                if values:
-                    await session.execute(update(Job).where(*open_job).values(**values))
-                error = _text(fields.get("error", b"")) or event
-                await record_failure(session, job_id, error, lease_owner=None, retryable=False)
+                await ledger.record_failure(
+                    session,
+                    job_id,
+                    error,
+                    lease_owner=None,
+                    retryable=False,
+                    attempt=attempt,
+                    cancelled=event == "cancelled",
+                )
         else:
             log.warning("unknown result event %r for job %s ignored", event, job_id)
 
@@ -590,27 +363,25 @@ class RedisQueue:
                     user_id=int(fields["user_id"]),
                     attempt=int(fields["attempts"]) + lease.deliveries,
                     max_attempts=int(fields["max_attempts"]),
-                    params=await self._with_local_init_image(
-                        fields["job_id"], JobParams.from_dict(json.loads(fields["params"])), init_image
+                    spec=await self._with_local_init_image(
+                        fields["job_id"], JobSpec.from_dict(json.loads(fields["spec"])), init_image
                     ),
                     lease_token=lease.token(),
                 )
             )
         return claimed
 
-    async def _with_local_init_image(self, job_id: str, params: JobParams, png: bytes | None) -> JobParams:
+    async def _with_local_init_image(self, job_id: str, params: JobSpec, png: bytes | None) -> JobSpec:
         """Point an image-to-image job at a copy of its init image on this host."""
         if png is None:
             return params
-        from bot.db.records import write_atomically
-
         path = self.settings.data_dir / "inputs" / f"{job_id}.png"
-        await asyncio.to_thread(write_atomically, path, png)
+        await asyncio.to_thread(ledger.write_atomically, path, png)
         return replace(params, init_image=str(path))
 
     def _drop_local_init_image(self, job: ClaimedJob) -> None:
-        if job.params.init_image and Path(job.params.init_image).parent == self.settings.data_dir / "inputs":
-            Path(job.params.init_image).unlink(missing_ok=True)
+        if job.spec.init_image and Path(job.spec.init_image).parent == self.settings.data_dir / "inputs":
+            Path(job.spec.init_image).unlink(missing_ok=True)
 
     async def wait_for_work(self, timeout: float, stop: asyncio.Event) -> None:
         """Return when a job has been published since the last return, when ``stop`` is set, or after
@@ -651,7 +422,6 @@ class RedisQueue:
     async def complete(self, job: ClaimedJob, result: JobResult) -> bool:
         meta = {
             "gpu_seconds": result.gpu_seconds,
-            "compute_units": result.compute_units,
             "extra": result.extra,
             "images": [
                 {"index": i.index, "width": i.width, "height": i.height, "nsfw_score": i.nsfw_score}
@@ -692,7 +462,7 @@ class RedisQueue:
     async def release(self, job: ClaimedJob) -> None:
         lease = _Lease.of(job)
         created = str(lease.created_ms)
-        flat = await _entry(job.id, job.user_id, job.params, job.attempt - 1, job.max_attempts, created)
+        flat = await _entry(job.id, job.user_id, job.spec, job.attempt - 1, job.max_attempts, created)
         await self._release(args=[*lease.args(self.prefix), created, *flat], client=self.redis)
         self._drop_local_init_image(job)
 

@@ -1,6 +1,6 @@
 """The single-host queue: a lease table (the ``jobs`` table itself) in the project's SQLite database.
 
-Claims run inside ``BEGIN IMMEDIATE`` (see bot.db.session), so two engines never take the same job.
+Claims run inside ``BEGIN IMMEDIATE`` (see engine.queue.database), so two engines never take the same job.
 """
 
 from __future__ import annotations
@@ -19,15 +19,14 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.background import wait_for_event
-from bot.db.base import utcnow
-from bot.db.models import Job, JobStatus, Worker
-from bot.db.records import Success, record_failure, record_successes, refund, write_images
-from engine.queue.protocol import ClaimedJob, JobParams, JobResult, LeaseState
+from engine.background import wait_for_event
+from engine.contract import ClaimedJob, JobResult, JobStatus, LeaseState, QueuedJob, utcnow
+from engine.queue import ledger
+from engine.queue.ledger import jobs, workers
 
 if TYPE_CHECKING:
-    from bot.config import Settings
-    from bot.db.session import Database
+    from engine.config import EngineSettings
+    from engine.queue.database import Database
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +53,7 @@ WATCH_SECONDS = 0.01
 
 
 class SqliteQueue:
-    def __init__(self, database: Database, settings: Settings) -> None:
+    def __init__(self, database: Database, settings: EngineSettings) -> None:
         self.db = database
         self.settings = settings
         self._watch: aiosqlite.Connection | None = None
@@ -63,7 +62,7 @@ class SqliteQueue:
         self._watched_file = watched if watched and watched != ":memory:" else None
         self._seen_version: int | None = None
 
-    async def publish(self, job_id: str) -> None:
+    async def publish(self, job: QueuedJob) -> None:
         """Nothing to send: the committed row is the queue entry."""
 
     async def claim(self, worker_id: str, limit: int = 1, models: list[str] | None = None) -> list[ClaimedJob]:
@@ -86,50 +85,60 @@ class SqliteQueue:
                 return []
             # Picking then updating is atomic: the IMMEDIATE transaction holds the write lock throughout.
             await session.execute(
-                update(Job)
-                .where(Job.id.in_(ids))
+                update(jobs)
+                .where(jobs.c.id.in_(ids))
                 .values(
                     status=JobStatus.RUNNING,
-                    attempts=Job.attempts + 1,
-                    lease_owner=worker_id + ":" + cast(Job.attempts + 1, String),
+                    attempts=jobs.c.attempts + 1,
+                    lease_owner=worker_id + ":" + cast(jobs.c.attempts + 1, String),
                     lease_expires_at=params["expires"],
-                    started_at=func.coalesce(Job.started_at, now),
+                    started_at=func.coalesce(jobs.c.started_at, now),
                 )
             )
-            jobs = {job.id: job for job in (await session.execute(select(Job).where(Job.id.in_(ids)))).scalars()}
-        return [_claimed(jobs[job_id]) for job_id in ids]
+            rows = await session.execute(
+                select(
+                    jobs.c.id,
+                    jobs.c.user_id,
+                    jobs.c.attempts,
+                    jobs.c.max_attempts,
+                    jobs.c.lease_owner,
+                    *ledger.SPEC_COLUMNS,
+                ).where(jobs.c.id.in_(ids))
+            )
+            claimed = {row.id: _claimed(row) for row in rows}
+        return [claimed[job_id] for job_id in ids]
 
     async def _expire_leases(self, session: AsyncSession, now: datetime) -> None:
         exhausted = (
             (
                 await session.execute(
-                    update(Job)
+                    update(jobs)
                     .where(
-                        Job.status == JobStatus.RUNNING,
-                        Job.lease_expires_at < now,
-                        (Job.attempts >= Job.max_attempts) | Job.cancel_requested,
+                        jobs.c.status == JobStatus.RUNNING,
+                        jobs.c.lease_expires_at < now,
+                        (jobs.c.attempts >= jobs.c.max_attempts) | jobs.c.cancel_requested,
                     )
                     .values(
-                        status=case((Job.cancel_requested, JobStatus.CANCELLED), else_=JobStatus.FAILED),
+                        status=case((jobs.c.cancel_requested, JobStatus.CANCELLED), else_=JobStatus.FAILED),
                         finished_at=now,
                         lease_owner=None,
                         lease_expires_at=None,
                         error="lease expired: the engine stopped responding",
                     )
-                    .returning(Job.id)
+                    .returning(jobs.c.id)
                 )
             )
             .scalars()
             .all()
         )
-        await refund(session, list(exhausted))
+        await ledger.refund(session, list(exhausted))
         requeued = (
             (
                 await session.execute(
-                    update(Job)
-                    .where(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now)
+                    update(jobs)
+                    .where(jobs.c.status == JobStatus.RUNNING, jobs.c.lease_expires_at < now)
                     .values(status=JobStatus.QUEUED, lease_owner=None, lease_expires_at=None, available_at=now)
-                    .returning(Job.id)
+                    .returning(jobs.c.id)
                 )
             )
             .scalars()
@@ -173,10 +182,12 @@ class SqliteQueue:
         async with self.db.transaction() as session:
             cancel = (
                 await session.execute(
-                    update(Job)
-                    .where(Job.id == job.id, Job.status == JobStatus.RUNNING, Job.lease_owner == job.lease_token)
+                    update(jobs)
+                    .where(
+                        jobs.c.id == job.id, jobs.c.status == JobStatus.RUNNING, jobs.c.lease_owner == job.lease_token
+                    )
                     .values(lease_expires_at=expires)
-                    .returning(Job.cancel_requested)
+                    .returning(jobs.c.cancel_requested)
                 )
             ).scalar_one_or_none()
         if cancel is None:
@@ -185,9 +196,7 @@ class SqliteQueue:
 
     async def progress(self, job: ClaimedJob, step: int) -> None:
         async with self.db.transaction() as session:
-            await session.execute(
-                update(Job).where(Job.id == job.id, Job.lease_owner == job.lease_token).values(progress_step=step)
-            )
+            await ledger.record_progress(session, job.id, step, lease_owner=job.lease_token)
 
     async def complete(self, job: ClaimedJob, result: JobResult) -> bool:
         return (await self.complete_many([(job, result)]))[0]
@@ -197,14 +206,14 @@ class SqliteQueue:
         # own writes queue behind, and the engine's event loop is busy while it lasts.
         images_dir = self.settings.images_dir
         paths = await asyncio.to_thread(
-            lambda: [write_images(images_dir, job.id, result.images) for job, result in results]
+            lambda: [ledger.write_images(images_dir, job.id, result.images) for job, result in results]
         )
         successes = [
-            Success(job.id, result, job_paths, job.lease_token)
+            ledger.Success(job.id, result, job_paths, job.lease_token, job.attempt)
             for (job, result), job_paths in zip(results, paths, strict=True)
         ]
         async with self.db.transaction() as session:
-            done = await record_successes(session, successes)
+            done = await ledger.record_successes(session, successes)
         for (job, _), recorded in zip(results, done, strict=True):
             if not recorded:
                 log.warning("job %s finished after its lease was lost; result discarded", job.id)
@@ -212,17 +221,19 @@ class SqliteQueue:
 
     async def fail(self, job: ClaimedJob, error: str, *, retryable: bool = True) -> str:
         async with self.db.transaction() as session:
-            status = await record_failure(session, job.id, error, lease_owner=job.lease_token, retryable=retryable)
+            status = await ledger.record_failure(
+                session, job.id, error, lease_owner=job.lease_token, retryable=retryable
+            )
         return status or "lost"
 
     async def release(self, job: ClaimedJob) -> None:
         async with self.db.transaction() as session:
             await session.execute(
-                update(Job)
-                .where(Job.id == job.id, Job.lease_owner == job.lease_token, Job.status == JobStatus.RUNNING)
+                update(jobs)
+                .where(jobs.c.id == job.id, jobs.c.lease_owner == job.lease_token, jobs.c.status == JobStatus.RUNNING)
                 .values(
                     status=JobStatus.QUEUED,
-                    attempts=Job.attempts - 1,  # a shutdown is not the job's fault
+                    attempts=jobs.c.attempts - 1,  # a shutdown is not the job's fault
                     lease_owner=None,
                     lease_expires_at=None,
                     available_at=utcnow(),
@@ -230,22 +241,23 @@ class SqliteQueue:
             )
 
     async def cancel(self, job_id: str) -> str | None:
-        return await cancel_in_database(self.db, job_id)
+        async with self.db.transaction() as session:
+            return await ledger.cancel(session, job_id)
 
     async def heartbeat(self, worker_id: str, model: str) -> None:
         now = utcnow()
-        statement = sqlite_insert(Worker).values(
+        statement = sqlite_insert(workers).values(
             id=worker_id, host=socket.gethostname(), pid=os.getpid(), model=model, started_at=now, heartbeat_at=now
         )
         statement = statement.on_conflict_do_update(
-            index_elements=[Worker.id], set_={"heartbeat_at": now, "model": model, "stopped_at": None}
+            index_elements=[workers.c.id], set_={"heartbeat_at": now, "model": model, "stopped_at": None}
         )
         async with self.db.transaction() as session:
             await session.execute(statement)
 
     async def worker_stopped(self, worker_id: str) -> None:
         async with self.db.transaction() as session:
-            await session.execute(update(Worker).where(Worker.id == worker_id).values(stopped_at=utcnow()))
+            await session.execute(update(workers).where(workers.c.id == worker_id).values(stopped_at=utcnow()))
         await self._close_watch()  # the worker's loop is over: nothing left to wait for
 
     async def _close_watch(self) -> None:
@@ -258,17 +270,17 @@ class SqliteQueue:
         now = utcnow()
         alive_after = now - timedelta(seconds=max(10.0, 3 * self.settings.heartbeat_seconds))
         async with self.db.sessions() as session:
-            counts = dict((await session.execute(select(Job.status, func.count()).group_by(Job.status))).all())
+            counts = dict((await session.execute(select(jobs.c.status, func.count()).group_by(jobs.c.status))).all())
             running = (
                 await session.execute(
-                    select(Job.id, Job.lease_owner, Job.started_at, Job.model, Job.user_id, Job.attempts).where(
-                        Job.status == JobStatus.RUNNING
-                    )
+                    select(
+                        jobs.c.id, jobs.c.lease_owner, jobs.c.started_at, jobs.c.model, jobs.c.user_id, jobs.c.attempts
+                    ).where(jobs.c.status == JobStatus.RUNNING)
                 )
             ).all()
-            workers = (await session.execute(select(Worker).where(Worker.stopped_at.is_(None)))).scalars().all()
+            alive = (await session.execute(select(workers).where(workers.c.stopped_at.is_(None)))).all()
             oldest = (
-                await session.execute(select(func.min(Job.created_at)).where(Job.status == JobStatus.QUEUED))
+                await session.execute(select(func.min(jobs.c.created_at)).where(jobs.c.status == JobStatus.QUEUED))
             ).scalar_one()
         return {
             "queue_depth": counts.get(JobStatus.QUEUED, 0),
@@ -296,7 +308,7 @@ class SqliteQueue:
                     "heartbeat_at": w.heartbeat_at,
                     "alive": w.heartbeat_at >= alive_after,
                 }
-                for w in workers
+                for w in alive
             ],
         }
 
@@ -308,76 +320,12 @@ class SqliteQueue:
         await self.db.dispose()
 
 
-async def cancel_in_database(database: Database, job_id: str) -> str | None:
-    """A queued job ends at once with a refund; a running one is flagged for its worker."""
-    async with database.transaction() as session:
-        job = await session.get(Job, job_id)
-        if job is None:
-            return None
-        if job.status == JobStatus.QUEUED:
-            job.status = JobStatus.CANCELLED
-            job.finished_at = utcnow()
-            await refund(session, [job_id])
-        elif job.status == JobStatus.RUNNING:
-            # The worker sees this on its next lease renewal and interrupts the pipeline.
-            job.cancel_requested = True
-            return "cancelling"
-        return job.status
-
-
-def job_row(job_id: str, params: JobParams, **fields: Any) -> Job:
-    """A queued job row carrying ``params``; ``claimed_params`` reads them back. ``fields`` add the rest
-    (who asked, where, the expansion) or override the prompts."""
-    now = utcnow()
-    values: dict[str, Any] = {
-        "id": job_id,
-        "kind": params.kind,
-        "prompt": params.member_prompt or params.prompt,
-        "expanded_prompt": params.prompt,
-        "negative_prompt": params.negative_prompt,
-        "model": params.model,
-        "width": params.width,
-        "height": params.height,
-        "steps": params.steps,
-        "guidance": params.guidance,
-        "seed": params.seed,
-        "count": params.count,
-        "scheduler": params.scheduler,
-        "strength": params.strength,
-        "init_image": params.init_image,
-        "status": JobStatus.QUEUED,
-        "created_at": now,
-        "available_at": now,
-    }
-    return Job(**(values | fields))
-
-
-def claimed_params(job: Job) -> JobParams:
-    """What a worker needs of a job row."""
-    return JobParams(
-        kind=job.kind,
-        prompt=job.expanded_prompt,
-        negative_prompt=job.negative_prompt,
-        model=job.model,
-        width=job.width,
-        height=job.height,
-        steps=job.steps,
-        guidance=job.guidance,
-        seed=job.seed,
-        count=job.count,
-        scheduler=job.scheduler,
-        strength=job.strength,
-        init_image=job.init_image,
-        member_prompt=job.prompt,
-    )
-
-
-def _claimed(job: Job) -> ClaimedJob:
+def _claimed(row: Any) -> ClaimedJob:
     return ClaimedJob(
-        id=job.id,
-        user_id=job.user_id,
-        attempt=job.attempts,
-        max_attempts=job.max_attempts,
-        lease_token=job.lease_owner or "",
-        params=claimed_params(job),
+        id=row.id,
+        user_id=row.user_id,
+        attempt=row.attempts,
+        max_attempts=row.max_attempts,
+        lease_token=row.lease_owner or "",
+        spec=ledger.spec_of(row),
     )

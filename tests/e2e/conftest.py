@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from bot.app import AtelierBot
+from bot.cli.wiring import Services
 from bot.config import Settings
-from bot.db.session import Database
-from bot.services.container import Services
+from engine.queue.database import Database
 from engine.queue.sqlite import SqliteQueue
 from engine.serve import load_pipeline
 from engine.worker import EngineWorker, WorkerConfig

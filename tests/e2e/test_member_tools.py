@@ -39,7 +39,7 @@ async def test_member_settings_shape_later_requests(running: Harness) -> None:
     [job] = await _jobs(running)
     assert (job.style, job.count) == ("anime", 1)
     assert (job.width, job.height) == (128, 64)  # the member's 2:1, with the short side at the 64 px minimum
-    assert "anime style" in job.expanded_prompt
+    assert "anime style" in job.model_prompt
     assert result.embeds[0]["title"] == "a fox"
 
 
@@ -53,7 +53,7 @@ async def test_edit_prompt_form_starts_a_new_job(running: Harness) -> None:
     edited = await submitted.wait_followup(_is_result)
     assert edited.embeds[0]["title"] == "a fox in a top hat"
     jobs = await _jobs(running)
-    assert jobs[1].parent_job_id == jobs[0].id and jobs[1].prompt == "a fox in a top hat"
+    assert jobs[1].parent_job_id == jobs[0].id and jobs[1].member_prompt == "a fox in a top hat"
 
 
 async def test_bad_attachments_are_refused_before_anything_is_queued(running: Harness) -> None:
@@ -92,7 +92,7 @@ async def test_restyle_variation_and_upscale_run_image_to_image(running: Harness
     jobs = await _jobs(running)
     parent, up, var = jobs[1], jobs[2], jobs[3]
     assert (up.kind, up.width, up.height, up.seed, up.count) == ("upscale", 128, 128, parent.seed + 1, 1)
-    assert up.expanded_prompt == parent.expanded_prompt and up.parent_job_id == parent.id
+    assert up.model_prompt == parent.model_prompt and up.parent_job_id == parent.id
     assert (var.kind, var.count, var.parent_job_id) == ("img2img", parent.count, parent.id)
     with Image.open(io.BytesIO(upscaled.attachments[0].data)) as image:
         assert image.size == (128, 128)

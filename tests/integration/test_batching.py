@@ -17,10 +17,10 @@ import torch
 from PIL import Image
 
 from bot.config import Settings
-from bot.db.models import Job, JobStatus
-from bot.db.session import Database
+from bot.db.models import Job
+from engine.contract import ClaimedJob, JobSpec, JobStatus, PermanentJobError
 from engine.pipelines.text_to_image import BatchOutput, TextToImage, attention_processors
-from engine.queue.protocol import ClaimedJob, JobParams
+from engine.queue.database import Database
 from engine.queue.sqlite import SqliteQueue
 from engine.serve import load_pipeline
 from engine.worker import EngineWorker, WorkerConfig
@@ -81,13 +81,13 @@ def _plain(pipeline: TextToImage, prompt: str, seed: int, **kwargs: Any) -> np.n
 class _Wrapped:
     """The real pipeline behind a fault that a test injects before a call reaches it."""
 
-    def __init__(self, inner: TextToImage, fault: Callable[[Sequence[JobParams]], None]) -> None:
+    def __init__(self, inner: TextToImage, fault: Callable[[Sequence[JobSpec]], None]) -> None:
         self.inner = inner
         self.model = inner.model
         self.fault = fault
         self.calls: list[int] = []
 
-    def generate(self, jobs: Sequence[JobParams], **kwargs: Any) -> BatchOutput:
+    def generate(self, jobs: Sequence[JobSpec], **kwargs: Any) -> BatchOutput:
         self.calls.append(len(jobs))
         self.fault(jobs)
         return self.inner.generate(jobs, **kwargs)
@@ -116,7 +116,8 @@ def test_the_pipeline_runs_pytorch_fused_attention(tiny_pipeline: TextToImage) -
 
 def test_shared_prompt_embeddings_give_the_plain_result_with_guidance(tiny_pipeline: TextToImage) -> None:
     jobs = [
-        JobParams("txt2img", "a castle", "blurry", tiny_pipeline.model, 64, 64, 2, 5.0, seed) for seed in (21, 22, 23)
+        JobSpec("txt2img", "a castle", "a castle", "blurry", tiny_pipeline.model, 64, 64, 2, 5.0, seed)
+        for seed in (21, 22, 23)
     ]
     embeddings = tiny_pipeline.shared_prompt_embeddings(["a castle"] * 3, ["blurry"] * 3, guided=True)
     assert embeddings is not None and embeddings["prompt_embeds"].shape[0] == 3
@@ -133,7 +134,7 @@ def test_shared_prompt_embeddings_give_the_plain_result_with_guidance(tiny_pipel
 async def test_out_of_memory_splits_the_batch_until_it_fits(
     database: Database, settings: Settings, tiny_pipeline: TextToImage
 ) -> None:
-    def oom_above_one(jobs: Sequence[JobParams]) -> None:
+    def oom_above_one(jobs: Sequence[JobSpec]) -> None:
         if len(jobs) > 1:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
@@ -152,9 +153,9 @@ async def test_out_of_memory_splits_the_batch_until_it_fits(
 async def test_a_job_that_fails_in_a_batch_fails_alone(
     database: Database, settings: Settings, tiny_pipeline: TextToImage
 ) -> None:
-    def refuse_poison(jobs: Sequence[JobParams]) -> None:
-        if any("poison" in job.prompt for job in jobs):
-            raise ValueError("this prompt cannot be drawn")
+    def refuse_poison(jobs: Sequence[JobSpec]) -> None:
+        if any("poison" in job.member_prompt for job in jobs):
+            raise PermanentJobError("this prompt cannot be drawn")
 
     pipeline = _Wrapped(tiny_pipeline, refuse_poison)
     good = [await add_job(database, seed=40 + i, user_id=i, age_seconds=5 - i) for i in range(2)]
@@ -165,7 +166,7 @@ async def test_a_job_that_fails_in_a_batch_fails_alone(
     assert [(await _job(database, job_id)).status for job_id in good] == [JobStatus.SUCCEEDED] * 2
     failed = await _job(database, bad)
     assert failed.status == JobStatus.FAILED and failed.attempts == 1
-    assert failed.error and "ValueError" in failed.error
+    assert failed.error == "this prompt cannot be drawn"
 
 
 async def test_the_worker_waits_for_compatible_jobs_to_fill_a_batch(
@@ -205,7 +206,7 @@ async def test_progress_is_reported_per_job_and_step(
     seen: list[dict[str, tuple[int, int]]] = []
 
     class Watching(_Wrapped):
-        def generate(self, jobs: Sequence[JobParams], **kwargs: Any) -> BatchOutput:
+        def generate(self, jobs: Sequence[JobSpec], **kwargs: Any) -> BatchOutput:
             on_step = kwargs.pop("on_step")
 
             def step(done: int, total: int) -> None:
@@ -232,7 +233,7 @@ async def test_jobs_waiting_behind_another_group_keep_their_leases(
     settings.lease_seconds = 0.6
     slow_started = threading.Event()
 
-    def slow_first_group(jobs: Sequence[JobParams]) -> None:
+    def slow_first_group(jobs: Sequence[JobSpec]) -> None:
         if jobs[0].width == 64:
             slow_started.set()
             time.sleep(1.5)  # well past the lease of the job waiting behind it
@@ -255,8 +256,8 @@ async def test_jobs_waiting_behind_another_group_keep_their_leases(
 def test_image_to_image_jobs_start_from_their_source_image(tmp_path: Path, tiny_pipeline: TextToImage) -> None:
     source = tmp_path / "source.png"
     Image.new("RGB", (64, 64), (200, 30, 30)).save(source)
-    base = JobParams("txt2img", "a fox", "", tiny_pipeline.model, 64, 64, 2, 0.0, 80)
-    variation = JobParams(**{**base.to_dict(), "kind": "img2img", "init_image": str(source), "strength": 0.5})
+    base = JobSpec("txt2img", "a fox", "a fox", "", tiny_pipeline.model, 64, 64, 2, 0.0, 80)
+    variation = JobSpec(**{**base.to_dict(), "kind": "img2img", "init_image": str(source), "strength": 0.5})
     steps: list[tuple[int, int]] = []
 
     def decode(output: BatchOutput) -> np.ndarray:
@@ -356,7 +357,7 @@ def _tiny_sdxl(tmp_path: Path) -> Any:
 @pytest.mark.parametrize("guidance", [0.0, 3.0])
 def test_an_sdxl_batch_with_shared_prompts_matches_plain_calls(tmp_path: Path, guidance: float) -> None:
     pipeline = TextToImage("sdxl-mini", _tiny_sdxl(tmp_path), device="cpu", dtype="float32")
-    jobs = [JobParams("txt2img", "a fox", "", "sdxl-mini", 64, 64, 2, guidance, seed) for seed in (1, 2, 3)]
+    jobs = [JobSpec("txt2img", "a fox", "a fox", "", "sdxl-mini", 64, 64, 2, guidance, seed) for seed in (1, 2, 3)]
     assert pipeline.shared_prompt_embeddings(["a fox"] * 3, None, guided=guidance > 1) is not None
     output = pipeline.generate(jobs)
     for job, images in zip(jobs, output.images, strict=True):

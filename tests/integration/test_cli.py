@@ -12,8 +12,8 @@ from PIL import Image
 
 REQUIRED_KEYS = {
     "job_id",
-    "prompt",
-    "expanded_prompt",
+    "member_prompt",
+    "model_prompt",
     "negative_prompt",
     "seed",
     "width",
@@ -43,9 +43,10 @@ def test_imagine_makes_a_png_and_the_same_seed_gives_the_same_pixels(settings_en
     job = json.loads(first.stdout)
     assert REQUIRED_KEYS <= job.keys()
     assert job["status"] == "succeeded"
-    assert job["prompt"] == prompt
-    assert job["expanded_prompt"].startswith(prompt)  # the member's words stay at the front
+    assert job["member_prompt"] == prompt
+    assert job["model_prompt"].startswith(prompt)  # the member's words stay at the front
     assert (job["seed"], job["width"], job["height"], job["model"]) == (5, 64, 64, "atelier/tiny-sd")
+    assert [(i["path"], i["seed"]) for i in job["images"]] == [(job["image"], 5)]
     with Image.open(job["image"]) as image:
         assert image.format == "PNG"
         assert json.loads(image.text["parameters"])["seed"] == 5

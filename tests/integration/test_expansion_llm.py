@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from bot.cli import main
+from bot.cli.expand import add_bench_expand_arguments, add_expand_arguments, run_bench_expand, run_expand
 from bot.services.expansion import ExpansionConfig, ExpansionService, find_style
-from bot.services.expansion.cli import add_bench_expand_arguments, add_expand_arguments, run_bench_expand, run_expand
 from bot.services.expansion.llm import LocalLLM
 from engine.tiny_llm import build_tiny_llm
 
@@ -64,11 +65,11 @@ async def test_gibberish_from_the_model_falls_back_honestly(tiny_llm: str) -> No
     service = _service(tiny_llm)
     result = await service.expand(PROMPT, style="anime", seed=4)
     assert result.source == "fallback"  # the random model's words fail the guards
-    assert result.expanded.startswith(f"{PROMPT}, anime style")
+    assert result.model_prompt.startswith(f"{PROMPT}, anime style")
     assert service.generate_calls == 2  # the first try and one retry with another seed, then the presets
     assert sum(n for reason, n in service.counters.items() if reason.startswith("rejected")) == 2
     non_english = await service.expand("一只黑猫坐在窗台上", seed=4)
-    assert non_english.source == "fallback" and non_english.expanded.startswith("一只黑猫坐在窗台上, ")
+    assert non_english.source == "fallback" and non_english.model_prompt.startswith("一只黑猫坐在窗台上, ")
     await service.aclose()
 
 
@@ -76,7 +77,7 @@ async def test_concurrent_requests_share_generate_calls(tiny_llm: str) -> None:
     service = _service(tiny_llm, batch_max=8, batch_wait_ms=50)
     requests = 6
     results = await asyncio.gather(*(service.expand(f"{PROMPT} number {i}", seed=i) for i in range(requests)))
-    assert [r.prompt for r in results] == [f"{PROMPT} number {i}" for i in range(requests)]
+    assert [r.member_prompt for r in results] == [f"{PROMPT} number {i}" for i in range(requests)]
     assert service.generated_requests == 2 * requests  # every request tried twice (gibberish both times)
     assert service.generate_calls < requests  # ...in far fewer batched calls
     await service.aclose()
@@ -138,8 +139,8 @@ def test_the_cli_expands_and_benchmarks_with_the_tiny_model(
     add_expand_arguments(parser)
     assert run_expand(parser.parse_args([PROMPT, "--style", "anime", "--seed", "3", *data])) == 0
     single = json.loads(capsys.readouterr().out)
-    assert set(single) == {"prompt", "expanded", "negative", "source", "tokens", "ms"}
-    assert single["source"] == "fallback" and single["expanded"].startswith(f"{PROMPT}, anime style")
+    assert set(single) == {"member_prompt", "model_prompt", "negative", "source", "tokens", "ms"}
+    assert single["source"] == "fallback" and single["model_prompt"].startswith(f"{PROMPT}, anime style")
 
     requests = tmp_path / "requests.txt"
     requests.write_text(f"{PROMPT}\n\n一只黑猫坐在窗台上\n", encoding="utf-8")
@@ -148,8 +149,9 @@ def test_the_cli_expands_and_benchmarks_with_the_tiny_model(
     assert evaluation["summary"]["count"] == 2 and evaluation["summary"]["fallback_rate"] == 1.0
     assert {"p50_ms", "p95_ms"} <= set(evaluation["summary"])
 
-    assert run_expand(parser.parse_args([PROMPT, "--style", "nope", *data])) == 2
-    assert "Styles: " in capsys.readouterr().err
+    # Through the command's entry point, where errors become exit codes: one line, exit 2.
+    assert main(["expand", PROMPT, "--style", "nope", *data]) == 2
+    assert capsys.readouterr().err.startswith("error: Unknown style “nope”. Styles: ")
 
     bench = argparse.ArgumentParser()
     add_bench_expand_arguments(bench)
@@ -175,9 +177,9 @@ async def test_the_window_is_counted_with_the_image_models_clip_tokenizer(tiny_l
     raw = await service.expand(long_prompt, raw=True)
     expanded = await service.expand("portrait of an old fisherman in a yellow raincoat", style="oil painting")
     for result in (raw, expanded):
-        counted = len(clip(result.expanded, verbose=False).input_ids)  # start and end tokens included
+        counted = len(clip(result.model_prompt, verbose=False).input_ids)  # start and end tokens included
         assert result.tokens == counted <= 77
-    assert long_prompt.startswith(raw.expanded) and raw.tokens > 70
+    assert long_prompt.startswith(raw.model_prompt) and raw.tokens > 70
 
 
 def test_the_shipped_qwen_config_is_the_real_architecture() -> None:

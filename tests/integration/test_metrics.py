@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 
 from bot.config import Settings
-from bot.db.session import Database
 from engine.metrics import EngineMetrics, MeteredPipeline, MeteredQueue, serve_metrics
+from engine.queue.database import Database
 from engine.queue.sqlite import SqliteQueue
 from engine.serve import load_pipeline
 from engine.worker import EngineWorker, WorkerConfig

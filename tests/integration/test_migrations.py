@@ -10,7 +10,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import create_engine
 
 from bot.db.base import Base
-from bot.db.migrate import upgrade_sync
+from migrations import upgrade_sync
 
 
 def test_models_and_migrations_agree(tmp_path: Path) -> None:
@@ -33,3 +33,20 @@ def test_upgrade_is_idempotent_and_uses_wal(tmp_path: Path) -> None:
         mode = connection.execute("PRAGMA journal_mode").fetchone()[0]
     assert {"jobs", "images", "usage", "ratings", "quotas", "guilds", "members", "alembic_version"} <= tables
     assert mode == "wal"  # bot and engine processes share the file
+
+
+def test_the_queue_ledger_names_only_columns_of_the_schema() -> None:
+    """The engine declares the columns it writes instead of importing the bot's models; each must be a
+    column of the schema, of the same Python type."""
+    from bot.db import models  # noqa: F401  (registers every table on the metadata)
+    from engine.queue import ledger
+
+    mismatched = []
+    for table in (ledger.jobs, ledger.images, ledger.usage, ledger.workers):
+        schema = Base.metadata.tables[table.name]
+        for column in table.c:
+            if column.name not in schema.c:
+                mismatched.append(f"{table.name}.{column.name}: not in the schema")
+            elif schema.c[column.name].type.python_type is not column.type.python_type:
+                mismatched.append(f"{table.name}.{column.name}: {column.type} against {schema.c[column.name].type}")
+    assert mismatched == []

@@ -9,10 +9,11 @@ import sys
 import pytest
 from sqlalchemy import func, select
 
-from bot.db.models import Job, JobStatus
+from bot.cli.wiring import Services
+from bot.db.models import Job
 from bot.errors import InvalidRequest, PolicyRefused, QuotaExceeded
-from bot.services.container import Services
 from bot.services.jobs import ImagineRequest
+from engine.contract import JobStatus
 from engine.queue.sqlite import SqliteQueue
 
 GUILD, USER = 10, 20

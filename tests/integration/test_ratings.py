@@ -8,10 +8,10 @@ from pathlib import Path
 from sqlalchemy import select
 
 from bot.db.models import Image, Rating
-from bot.db.session import Database
 from bot.services.delivery import DeliveryService
 from bot.services.export import export_ratings
 from bot.services.ratings import RatingService
+from engine.queue.database import Database
 from tests.factories import add_job
 
 MESSAGE = 555
@@ -75,9 +75,30 @@ async def test_export_writes_one_line_per_rated_image(database: Database, tmp_pa
     assert await export_ratings(database, out) == 1
     [line] = out.read_text().splitlines()
     record = json.loads(line)
-    assert record["job_id"] == job_id and record["prompt"] == "a fox in the snow"
-    assert record["parameters"]["seed"] == 7 and record["image"] == "/tmp/x.png"
+    assert record["job_id"] == job_id and record["member_prompt"] == "a fox in the snow"
+    assert (record["image_seed"], record["image"], record["steps"]) == (7, "/tmp/x.png", 2)
     assert sorted(r["score"] for r in record["ratings"]) == [1, 5] and record["mean_score"] == 3
+
+
+async def test_the_export_gives_each_image_of_a_grid_the_seed_the_engine_drew_it_with(
+    database: Database, tmp_path: Path
+) -> None:
+    last_seed = 2**32 - 1  # the second image's seed wraps to 0, as in the engine
+    job_id = await add_job(database, seed=last_seed)
+    async with database.transaction() as session:
+        images = [
+            Image(job_id=job_id, index=i, path=f"/tmp/{i}.png", width=64, height=64, size_bytes=1, sha256="0" * 64)
+            for i in range(2)
+        ]
+        session.add_all(images)
+        await session.flush()
+        session.add_all(
+            Rating(image_id=image.id, job_id=job_id, guild_id=1, user_id=2, emoji="⭐", score=5) for image in images
+        )
+    out = tmp_path / "ratings.jsonl"
+    assert await export_ratings(database, out) == 2
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(line["image_index"], line["image_seed"]) for line in lines] == [(0, last_seed), (1, 0)]
 
 
 async def test_delivery_claim_is_exclusive(database: Database) -> None:
@@ -93,8 +114,9 @@ async def test_delivery_claim_is_exclusive(database: Database) -> None:
 
 
 async def test_stats_count_images_per_day_and_rank_rated_images(database: Database) -> None:
-    from bot.db.models import Job, JobStatus
+    from bot.db.models import Job
     from bot.services.stats import guild_stats
+    from engine.contract import JobStatus
 
     job_id = await _delivered_job(database)
     async with database.transaction() as session:

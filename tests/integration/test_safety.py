@@ -19,13 +19,14 @@ def test_tiny_classifier_scores_every_image_between_0_and_1(models_dir: Path) ->
 
 def test_engine_pipeline_scores_every_image_when_a_classifier_is_configured(models_dir: Path) -> None:
     from bot.config import Settings
-    from engine.queue.protocol import JobParams
+    from engine.contract import JobSpec
     from engine.serve import load_pipeline
 
     pipeline = load_pipeline(Settings(tiny=True, models_path=models_dir, safety_model="tiny"))
-    job = JobParams(
+    job = JobSpec(
         kind="txt2img",
-        prompt="a fox",
+        member_prompt="a fox",
+        model_prompt="a fox",
         negative_prompt="",
         model="atelier/tiny-sd",
         width=64,

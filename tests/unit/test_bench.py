@@ -59,8 +59,8 @@ def test_a_burst_is_one_batch_key_with_a_seed_per_image() -> None:
     assert len({job.batch_key for job in jobs}) == 1
     seeds = [seed for job in jobs for seed in range(job.seed, job.seed + job.count)]
     assert len(set(seeds)) == 12
-    assert len({job.prompt for job in jobs}) == 6
+    assert len({job.model_prompt for job in jobs}) == 6
     shared = BenchSpec(
         model="m", arch="tiny", width=64, height=64, steps=2, guidance=0.0, requests=6, distinct_prompts=2
     )
-    assert len({job.prompt for job in shared.jobs()}) == 2
+    assert len({job.model_prompt for job in shared.jobs()}) == 2

@@ -6,8 +6,8 @@ import numpy as np
 from PIL import Image
 
 from bot.services.delivery import fit_upload, grid
-from engine.pipelines.costs import compute_units
-from engine.queue.protocol import JobParams
+from bot.services.records import JobRecord
+from engine.contract import JobSpec
 
 
 def _noise_png(side: int) -> bytes:
@@ -46,9 +46,10 @@ def test_grid_places_four_images_two_by_two() -> None:
 
 
 def test_compute_units_are_megapixels_times_steps_times_images() -> None:
-    params = JobParams(
+    params = JobSpec(
         kind="txt2img",
-        prompt="p",
+        member_prompt="p",
+        model_prompt="p",
         negative_prompt="",
         model="m",
         width=1000,
@@ -58,21 +59,21 @@ def test_compute_units_are_megapixels_times_steps_times_images() -> None:
         seed=1,
         count=2,
     )
-    assert compute_units(params) == 4.0
-    upscale = JobParams(**{**params.to_dict(), "kind": "upscale"})
-    assert compute_units(upscale) == 2.0
+    assert params.compute_units == 4.0
+    upscale = JobSpec(**{**params.to_dict(), "kind": "upscale"})
+    assert upscale.compute_units == 2.0
 
 
 def _job_with_scores(*scores: float | None):  # type: ignore[no-untyped-def]
     from bot.db.models import Image as ImageRow
     from bot.db.models import Job
 
-    job = Job(id="j", prompt="p", expanded_prompt="p", model="m", width=8, height=8, steps=1, seed=1)
+    job = Job(id="j", member_prompt="p", model_prompt="p", model="m", width=8, height=8, steps=1, seed=1)
     job.images = [
         ImageRow(index=i, path="x", width=8, height=8, size_bytes=1, sha256="0", nsfw_score=s)
         for i, s in enumerate(scores)
     ]
-    return job
+    return JobRecord.of(job)
 
 
 def test_flagged_results_are_blurred_or_withheld_outside_allowed_nsfw_channels() -> None:

@@ -73,17 +73,17 @@ async def test_unknown_style_fails_through_the_service_too() -> None:
 
 async def test_deterministic_expansion_keeps_the_words_verbatim_in_front() -> None:
     result = await presets().expand("A Fox in the SNOW!", style="watercolor", seed=1)
-    assert result.expanded.startswith("A Fox in the SNOW!, watercolor painting, ")
-    assert result.expanded == f"A Fox in the SNOW!, {result.added}"
-    assert (result.source, result.style, result.prompt) == ("fallback", "watercolor", "A Fox in the SNOW!")
-    assert result.tokens == approximate_tokens(result.expanded) <= 77
+    assert result.model_prompt.startswith("A Fox in the SNOW!, watercolor painting, ")
+    assert result.model_prompt == f"A Fox in the SNOW!, {result.added}"
+    assert (result.source, result.style, result.member_prompt) == ("fallback", "watercolor", "A Fox in the SNOW!")
+    assert result.tokens == approximate_tokens(result.model_prompt) <= 77
 
 
 async def test_seeded_reproducible_and_varied() -> None:
     first = await presets().expand(PROMPT, style="cinematic", seed=1)
     again = await presets().expand(PROMPT, style="cinematic", seed=1)  # a fresh service: no cache involved
-    assert again.expanded == first.expanded
-    variants = {(await presets().expand(PROMPT, style="cinematic", seed=s)).expanded for s in range(8)}
+    assert again.model_prompt == first.model_prompt
+    variants = {(await presets().expand(PROMPT, style="cinematic", seed=s)).model_prompt for s in range(8)}
     assert len(variants) > 3
 
 
@@ -106,8 +106,8 @@ async def test_cache_is_bounded() -> None:
 
 async def test_non_english_stays_as_typed_on_the_deterministic_path() -> None:
     result = await presets().expand("一只黑猫坐在窗台上", seed=3)
-    assert result.prompt == "一只黑猫坐在窗台上"
-    assert result.expanded.startswith("一只黑猫坐在窗台上, professional photograph")
+    assert result.member_prompt == "一只黑猫坐在窗台上"
+    assert result.model_prompt.startswith("一只黑猫坐在窗台上, professional photograph")
 
 
 # ---------------------------------------------------------------- raw, negative
@@ -115,7 +115,7 @@ async def test_non_english_stays_as_typed_on_the_deterministic_path() -> None:
 
 async def test_raw_skips_expansion_and_keeps_only_the_members_negative() -> None:
     result = await presets().expand(PROMPT, style="anime", raw=True, negative="text, Text, hands")
-    assert (result.expanded, result.source, result.style, result.added) == (PROMPT, "raw", None, "")
+    assert (result.model_prompt, result.source, result.style, result.added) == (PROMPT, "raw", None, "")
     assert result.negative == "text, hands"
     assert (await presets().expand(PROMPT, raw=True)).negative == ""
 
@@ -123,7 +123,7 @@ async def test_raw_skips_expansion_and_keeps_only_the_members_negative() -> None
 async def test_raw_is_cut_to_the_window_between_words() -> None:
     long_prompt = " ".join(f"word{i}" for i in range(120))
     result = await presets().expand(long_prompt, raw=True)
-    assert long_prompt.startswith(result.expanded) and long_prompt[len(result.expanded)] == " "
+    assert long_prompt.startswith(result.model_prompt) and long_prompt[len(result.model_prompt)] == " "
     assert result.tokens <= 77 < approximate_tokens(long_prompt)
 
 
@@ -165,11 +165,13 @@ async def test_every_preset_result_fits_a_small_window() -> None:
     service = presets(max_prompt_tokens=24)
     for style in STYLES:
         result = await service.expand("portrait of a knight on a horse in a misty forest", style=style, seed=7)
-        assert result.tokens <= 24 and result.expanded.startswith("portrait of a knight on a horse in a misty forest")
+        assert result.tokens <= 24 and result.model_prompt.startswith(
+            "portrait of a knight on a horse in a misty forest"
+        )
 
 
 async def test_raw_mode_never_expands_and_unknown_modes_are_refused() -> None:
     result = await ExpansionService(ExpansionConfig(mode="raw")).expand(PROMPT, style="anime", negative="text")
-    assert (result.expanded, result.source, result.negative) == (PROMPT, "raw", "text")
+    assert (result.model_prompt, result.source, result.negative) == (PROMPT, "raw", "text")
     with pytest.raises(ValueError, match="llm, presets, raw"):
         ExpansionService(ExpansionConfig(mode="magic"))

@@ -49,10 +49,10 @@ async def test_a_good_reply_is_appended_after_the_members_words_and_the_style() 
     service = service_with(model)
     result = await service.expand(PROMPT, style="cinematic", seed=11, negative="text")
     assert result.source == "llm" and result.style == "cinematic"
-    assert result.expanded == (
+    assert result.model_prompt == (
         f"{PROMPT}, cinematic still, soft golden light, misty pine forest, wide angle lens, 35mm film photograph"
     )
-    assert result.added == result.expanded[len(PROMPT) + 2 :]
+    assert result.added == result.model_prompt[len(PROMPT) + 2 :]
     assert result.negative.startswith("text, blurry")
     assert model.calls == [[11]] and service.generate_calls == 1
     assert model.threads == {"atelier-llm_0"}  # the model never runs on the event loop's thread
@@ -63,7 +63,7 @@ async def test_banned_terms_never_reach_the_prompt() -> None:
     model = ScriptedModel(lambda c, s: "blood on the snow, soft golden light, gore, misty pine forest")
     service = service_with(model, banned_terms=("blood", "gore"))
     result = await service.expand(PROMPT, seed=1)
-    assert result.source == "llm" and "blood" not in result.expanded and "gore" not in result.expanded
+    assert result.source == "llm" and "blood" not in result.model_prompt and "gore" not in result.model_prompt
     await service.aclose()
 
 
@@ -83,7 +83,7 @@ async def test_two_failed_replies_fall_back_to_the_presets() -> None:
     result = await service.expand(PROMPT, style="watercolor", seed=5)
     presets_only = ExpansionService(ExpansionConfig(mode="presets"))
     assert result.source == "fallback" and len(model.calls) == 2
-    assert result.expanded == (await presets_only.expand(PROMPT, style="watercolor", seed=5)).expanded
+    assert result.model_prompt == (await presets_only.expand(PROMPT, style="watercolor", seed=5)).model_prompt
     await service.aclose()
 
 
@@ -113,7 +113,7 @@ async def test_the_same_seed_gives_the_same_expansion_and_other_seeds_others() -
     first, again, other = [
         await service.expand(PROMPT, seed=seed) for service, seed in zip(services, (1, 1, 2), strict=True)
     ]
-    assert first.expanded == again.expanded != other.expanded
+    assert first.model_prompt == again.model_prompt != other.model_prompt
     for service in services:
         await service.aclose()
 
@@ -127,7 +127,7 @@ async def test_concurrent_requests_are_batched_into_fewer_generate_calls() -> No
     assert service.generate_calls < 10 and max(len(c) for c in model.calls) <= 4
     # Each request got its own seed and its own answer back.
     assert sorted(s for call in model.calls for s in call) == list(range(10))
-    assert [r.prompt for r in results] == [f"{PROMPT} number {i}" for i in range(10)]
+    assert [r.member_prompt for r in results] == [f"{PROMPT} number {i}" for i in range(10)]
     await service.aclose()
 
 
@@ -189,8 +189,8 @@ async def test_replies_that_follow_an_injection_fail_the_checks() -> None:
     service = service_with(model)
     for seed in range(len(leaks)):
         result = await service.expand(attack, seed=seed)
-        assert result.source == "fallback" and SYSTEM_PROMPT[:30] not in result.expanded
-        assert result.expanded.startswith(attack)
+        assert result.source == "fallback" and SYSTEM_PROMPT[:30] not in result.model_prompt
+        assert result.model_prompt.startswith(attack)
     await service.aclose()
 
 
@@ -204,15 +204,17 @@ async def test_non_english_requests_start_with_the_english_rendering() -> None:
 
     service = service_with(ScriptedModel(answer))
     result = await service.expand("一只黑猫坐在窗台上", style="watercolor", seed=1)
-    assert result.source == "llm" and result.prompt == "一只黑猫坐在窗台上"
-    assert result.expanded.startswith("A black cat sitting on a windowsill, watercolor painting, soft morning light")
+    assert result.source == "llm" and result.member_prompt == "一只黑猫坐在窗台上"
+    assert result.model_prompt.startswith(
+        "A black cat sitting on a windowsill, watercolor painting, soft morning light"
+    )
     await service.aclose()
 
 
 async def test_a_bad_rendering_falls_back_to_the_text_as_typed() -> None:
     service = service_with(ScriptedModel(lambda c, s: "I cannot translate that.\nsoft light, misty forest"))
     result = await service.expand("一只黑猫坐在窗台上", seed=1)
-    assert result.source == "fallback" and result.expanded.startswith("一只黑猫坐在窗台上, ")
+    assert result.source == "fallback" and result.model_prompt.startswith("一只黑猫坐在窗台上, ")
     await service.aclose()
 
 

@@ -68,13 +68,13 @@ _SECOND_SEED_OFFSET = 0x9E3779B97F4A7C15
 
 @dataclass(frozen=True)
 class Expansion:
-    prompt: str  # the member's text as typed
-    expanded: str  # what goes to the image model
+    member_prompt: str  # the member's text as typed
+    model_prompt: str  # what the image model's text encoder reads
     negative: str  # the style's default merged with the member's
     source: str  # "llm" | "fallback" | "raw"
     style: str | None
     added: str  # what was appended after the member's words
-    tokens: int  # text-encoder tokens of `expanded`, start and end included
+    tokens: int  # text-encoder tokens of `model_prompt`, start and end included
     ms: float
 
 
@@ -212,8 +212,8 @@ class ExpansionService:
     ) -> Expansion:
         expanded, used = fit_to_window(front, details, self._count_tokens, self.config.max_prompt_tokens)
         return Expansion(
-            prompt=prompt,
-            expanded=expanded,
+            member_prompt=prompt,
+            model_prompt=expanded,
             negative=negative,
             source=source,
             style=style,
@@ -225,8 +225,8 @@ class ExpansionService:
     def _raw(self, prompt: str, negative: str | None, started: float) -> Expansion:
         expanded = cut_to_window(prompt, self._count_tokens, self.config.max_prompt_tokens)
         return Expansion(
-            prompt=prompt,
-            expanded=expanded,
+            member_prompt=prompt,
+            model_prompt=expanded,
             negative=merge_negative("", negative),
             source="raw",
             style=None,

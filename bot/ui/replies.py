@@ -1,4 +1,4 @@
-"""Small helpers the cogs share for answering members."""
+"""Answering members: the one way a refusal or an error reaches them, and who asked, from where."""
 
 from __future__ import annotations
 

@@ -1,16 +1,23 @@
-"""Builds the services once per process, from settings: the bot and the CLI share this."""
+"""Wiring: settings, the database, the queue and the services, built once per process. The bot's
+process and every command get their services from here and nowhere else."""
 
 from __future__ import annotations
 
+import argparse
+import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from bot.config import Settings
-from bot.db.session import Database
 from bot.services.admin import AdminService
 from bot.services.jobs import Expander, JobService
 from bot.services.quota import QuotaService
 from bot.services.ratings import RatingService
-from engine.queue import JobQueue, open_queue
+from engine.contract import JobQueue
+from engine.queue import open_queue
+from engine.queue.database import Database
 
 
 def build_expander(settings: Settings) -> Expander:
@@ -69,3 +76,40 @@ class Services:
             await close()
         await self.queue.close()
         await self.db.dispose()
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    """The environment's settings with the command line's --tiny and --data-dir on top."""
+    overrides: dict[str, Any] = {}
+    if getattr(args, "tiny", False):
+        overrides["tiny"] = True
+    if getattr(args, "data_dir", None):
+        overrides["data_dir"] = Path(args.data_dir)
+    return Settings(**overrides)
+
+
+class NoExpansion:
+    """Commands that never expand prompts: spare them loading a model."""
+
+    async def expand(self, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("expansion is not available in this command")
+
+
+async def with_services(
+    args: argparse.Namespace, action: Callable[[Services], Awaitable[int]], *, expander: Expander | None = None
+) -> int:
+    """Migrate, build the services, run ``action`` with them, close them."""
+    from migrations import upgrade
+
+    settings = settings_from(args)
+    settings.ensure_dirs()
+    await upgrade(settings.db_url)
+    services = Services.create(settings, expander=expander or NoExpansion())
+    try:
+        return await action(services)
+    finally:
+        await services.close()
+
+
+def print_json(value: Any, *, indent: int | None = None) -> None:
+    print(json.dumps(value, ensure_ascii=False, default=str, indent=indent))

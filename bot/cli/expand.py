@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bot.cli.wiring import expansion_config, settings_from
+from bot.errors import InvalidRequest
 from bot.services.expansion.service import Expansion, ExpansionConfig, ExpansionService
+from engine.timing import percentile
 
 BENCH_PROMPTS = (
     "a fox in the snow",
@@ -22,6 +25,13 @@ BENCH_PROMPTS = (
     "a whale in a sea of stars",
     "a red bicycle in the rain",
 )
+
+
+def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
+    p = sub.add_parser("expand", help="expand a prompt as /imagine would")
+    common(p)
+    add_expand_arguments(p)
+    p.set_defaults(func=run_expand)
 
 
 def _add_once(parser: argparse.ArgumentParser, *flags: str, **kwargs: Any) -> None:
@@ -52,10 +62,7 @@ def add_expand_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _config(args: argparse.Namespace, *, mode: str | None = None) -> ExpansionConfig:
-    from bot.cli import _settings
-    from bot.services.container import expansion_config
-
-    settings = _settings(args)
+    settings = settings_from(args)
     if mode is not None:
         settings.expansion_mode = mode
     elif getattr(args, "mode", None):
@@ -68,8 +75,8 @@ def _config(args: argparse.Namespace, *, mode: str | None = None) -> ExpansionCo
 
 def as_dict(expansion: Expansion) -> dict[str, Any]:
     return {
-        "prompt": expansion.prompt,
-        "expanded": expansion.expanded,
+        "member_prompt": expansion.member_prompt,
+        "model_prompt": expansion.model_prompt,
         "negative": expansion.negative,
         "source": expansion.source,
         "style": expansion.style,
@@ -79,13 +86,8 @@ def as_dict(expansion: Expansion) -> dict[str, Any]:
     }
 
 
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile: a value that was actually measured."""
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return round(ordered[index], 2)
+def _ms(values: list[float], q: float) -> float:
+    return round(percentile(values, q), 2)
 
 
 def _print(value: Any, args: argparse.Namespace) -> None:
@@ -94,8 +96,7 @@ def _print(value: Any, args: argparse.Namespace) -> None:
 
 def run_expand(args: argparse.Namespace) -> int:
     if not args.prompt and not args.eval:
-        print("error: give a PROMPT or --eval FILE", file=sys.stderr)
-        return 2
+        raise InvalidRequest("give a PROMPT or --eval FILE")
     prompts: list[str] = []
     if args.eval:
         prompts = [line.strip() for line in Path(args.eval).read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -108,7 +109,9 @@ def run_expand(args: argparse.Namespace) -> int:
         try:
             if not args.eval:
                 result = as_dict(await expand(args.prompt))
-                return {key: result[key] for key in ("prompt", "expanded", "negative", "source", "tokens", "ms")}
+                return {
+                    key: result[key] for key in ("member_prompt", "model_prompt", "negative", "source", "tokens", "ms")
+                }
             # One at a time: each latency is one request's, not a share of a batch.
             results = [await expand(p) for p in prompts]
             latencies = [r.ms for r in results]
@@ -117,8 +120,8 @@ def run_expand(args: argparse.Namespace) -> int:
                 "summary": {
                     "count": len(results),
                     "fallback_rate": round(sum(r.source == "fallback" for r in results) / max(1, len(results)), 3),
-                    "p50_ms": percentile(latencies, 50),
-                    "p95_ms": percentile(latencies, 95),
+                    "p50_ms": _ms(latencies, 50),
+                    "p95_ms": _ms(latencies, 95),
                 },
             }
         finally:
@@ -127,8 +130,7 @@ def run_expand(args: argparse.Namespace) -> int:
     try:
         output = asyncio.run(main())
     except ValueError as error:  # an unknown style: the message lists the styles
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        raise InvalidRequest(str(error)) from None
     _print(output, args)
     return 0
 
@@ -154,10 +156,9 @@ def run_bench_expand(args: argparse.Namespace) -> int:
 
     config = _config(args, mode="llm")
     if args.random_weights:
-        from bot.cli import _settings
         from engine.tiny_llm import build_random_llm
 
-        config.model = str(build_random_llm(_settings(args).models_dir / "random-qwen2.5-1.5b"))
+        config.model = str(build_random_llm(settings_from(args).models_dir / "random-qwen2.5-1.5b"))
         config.quantization = "nf4"
     if args.model:
         config.model = args.model
@@ -221,13 +222,13 @@ def run_bench_expand(args: argparse.Namespace) -> int:
             "requests": requests,
             "batch": args.batch,
             "max_new_tokens": config.max_new_tokens,
-            "p50_ms": percentile(latencies, 50),
-            "p95_ms": percentile(latencies, 95),
+            "p50_ms": _ms(latencies, 50),
+            "p95_ms": _ms(latencies, 95),
             "new_tokens_per_s": round(new_tokens / wall, 1),
             "mean_new_tokens": round(new_tokens / requests, 1),
             "service": {
-                "p50_ms": percentile(service_ms, 50),
-                "p95_ms": percentile(service_ms, 95),
+                "p50_ms": _ms(service_ms, 50),
+                "p95_ms": _ms(service_ms, 95),
                 "wall_s": round(burst_s, 3),
                 "generate_calls": service.generate_calls,
                 "generated_requests": service.generated_requests,

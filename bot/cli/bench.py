@@ -1,0 +1,23 @@
+"""`atelier bench expand|engine`: benchmarks that print JSON."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import Any
+
+
+def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
+    from bot.cli.expand import add_bench_expand_arguments, run_bench_expand
+    from engine.bench import add_bench_engine_arguments, run_bench_engine
+
+    bench = sub.add_parser("bench", help="benchmarks that print JSON").add_subparsers(dest="bench", required=True)
+    p = bench.add_parser("expand", help="expansion LLM latency and tokens/s")
+    common(p)
+    add_bench_expand_arguments(p)
+    p.set_defaults(func=run_bench_expand)
+
+    p = bench.add_parser("engine", help="batched engine against plain sequential diffusers calls")
+    common(p)
+    add_bench_engine_arguments(p)
+    p.set_defaults(func=run_bench_engine)

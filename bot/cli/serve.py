@@ -1,0 +1,64 @@
+"""`atelier migrate`, `atelier bot` and (listed here, run by the engine itself) `atelier engine`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from bot.cli.wiring import Services, settings_from
+
+log = logging.getLogger(__name__)
+
+
+def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
+    p = sub.add_parser("migrate", help="upgrade the database to the latest schema")
+    common(p)
+    p.add_argument("revision", nargs="?", default="head")
+    p.set_defaults(func=cmd_migrate)
+
+    # bot.cli.main hands `atelier engine …` to the engine before this parser runs: listed for --help.
+    sub.add_parser("engine", help="run a GPU engine worker (same as python -m engine)", add_help=False)
+
+    p = sub.add_parser("bot", help="run the Discord bot")
+    common(p)
+    p.add_argument("--sync", action="store_true", help="sync slash commands with Discord at start")
+    p.set_defaults(func=cmd_bot)
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from migrations import upgrade_sync
+
+    settings = settings_from(args)
+    settings.ensure_dirs()
+    upgrade_sync(settings.db_url, args.revision)
+    print(f"database at {settings.db_url} is at {args.revision}")
+    return 0
+
+
+def cmd_bot(args: argparse.Namespace) -> int:
+    from bot.app import AtelierBot
+    from migrations import upgrade_sync
+
+    settings = settings_from(args)
+    if args.sync:
+        settings.sync_commands = True
+    if settings.discord_token is None:
+        log.error("ATELIER_DISCORD_TOKEN is not set")
+        return 2
+    settings.ensure_dirs()
+    upgrade_sync(settings.db_url)
+
+    async def main() -> None:
+        services = Services.create(settings)
+        bot = AtelierBot(settings, services)
+        try:
+            async with bot:
+                await bot.start(settings.discord_token.get_secret_value())  # type: ignore[union-attr]
+        finally:
+            await services.close()
+
+    asyncio.run(main())
+    return 0

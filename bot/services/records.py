@@ -1,0 +1,95 @@
+"""A job as the services hand it out: plain data, read from the database once, never an ORM row.
+
+``JobRecord.to_dict`` is the one serializer of a job: /info, the CLI's ``--json`` and the ratings export
+all print it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from engine.contract import JobStatus, image_seed
+
+if TYPE_CHECKING:
+    from bot.db.models import Image, Job
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    id: int
+    index: int
+    seed: int
+    path: str
+    width: int
+    height: int
+    sha256: str
+    nsfw_score: float | None
+
+    @classmethod
+    def of(cls, image: Image, job_seed: int) -> ImageRecord:
+        return cls(
+            id=image.id,
+            index=image.index,
+            seed=image_seed(job_seed, image.index),
+            path=image.path,
+            width=image.width,
+            height=image.height,
+            sha256=image.sha256,
+            nsfw_score=image.nsfw_score,
+        )
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    id: str
+    status: str
+    kind: str
+    guild_id: int
+    user_id: int
+    channel_id: int | None
+    parent_job_id: str | None
+    member_prompt: str
+    model_prompt: str
+    negative_prompt: str
+    expansion_source: str
+    style: str | None
+    model: str
+    width: int
+    height: int
+    steps: int
+    guidance: float
+    seed: int
+    count: int
+    strength: float | None
+    attempts: int
+    error: str | None
+    compute_units: float
+    gpu_seconds: float | None
+    created_at: datetime
+    finished_at: datetime | None
+    message_id: int | None
+    images: tuple[ImageRecord, ...]
+
+    @classmethod
+    def of(cls, job: Job) -> JobRecord:
+        """Built inside the session that read ``job`` (its images are loaded with it)."""
+        fields = {name: getattr(job, name) for name in cls.__dataclass_fields__ if name != "images"}
+        return cls(**fields, images=tuple(ImageRecord.of(image, job.seed) for image in job.images))
+
+    @property
+    def terminal(self) -> bool:
+        return JobStatus(self.status).terminal
+
+    @property
+    def image_paths(self) -> list[str]:
+        return [image.path for image in self.images]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything that made the job's images and what they cost; JSON-ready but for datetimes."""
+        data = asdict(self)
+        data["job_id"] = data.pop("id")
+        data["images"] = [{"path": i.path, "seed": i.seed, "width": i.width, "height": i.height} for i in self.images]
+        data["image"] = self.images[0].path if self.images else None
+        return data

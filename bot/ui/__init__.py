@@ -1,0 +1,1 @@
+"""Discord helpers the cogs share: replies, the job buttons and views, result messages and delivery."""

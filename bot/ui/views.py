@@ -1,0 +1,234 @@
+"""The buttons on status and result messages. They carry the job id in their custom_id, so they work
+after a restart (DynamicItem, registered by the results cog)."""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import TYPE_CHECKING
+
+import discord
+
+from bot.errors import AtelierError
+from bot.services.jobs import ImagineRequest
+from bot.services.records import JobRecord
+from bot.ui.messages import info_message
+from bot.ui.replies import member_context, reply_error, request_from
+
+if TYPE_CHECKING:
+    from bot.app import AtelierBot
+
+log = logging.getLogger(__name__)
+
+JOB_ID = r"(?P<job_id>[0-9a-f]{32})"
+
+
+async def submit_and_track(bot: AtelierBot, interaction: discord.Interaction, request: ImagineRequest) -> None:
+    """Shared by /imagine and the result buttons: one place decides how a queued job is announced.
+    A refusal (AtelierError) propagates to the caller's error handler, which tells the member."""
+    job = await bot.services.jobs.submit(request)
+    shown = job.model_prompt if job.model_prompt != job.member_prompt else job.member_prompt
+    header = (
+        f"**{discord.utils.escape_markdown(job.member_prompt[:200])}**\n-# {discord.utils.escape_markdown(shown[:300])}"
+    )
+    bot.track(job.id, interaction, header)
+    try:
+        await interaction.edit_original_response(content=f"{header}\n⏳ Queued", view=status_view(job.id))
+    except discord.HTTPException:
+        log.info("could not show the queued status of job %s", job.id)
+
+
+def status_view(job_id: str) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    view.add_item(CancelButton(job_id))
+    return view
+
+
+def result_view(job: JobRecord) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    if job.status == "succeeded":
+        for index in range(len(job.images)):
+            view.add_item(UpscaleButton(job.id, index))
+        for index in range(len(job.images)):
+            view.add_item(VariationButton(job.id, index))
+    view.add_item(RerollButton(job.id))
+    view.add_item(EditPromptButton(job.id))
+    view.add_item(InfoButton(job.id))
+    return view
+
+
+def rerun_request(interaction: discord.Interaction, job: JobRecord, prompt: str) -> ImagineRequest:
+    """A job's request again, for whoever clicked: same options, a fresh seed, possibly a new prompt."""
+    return request_from(
+        interaction,
+        prompt,
+        negative=job.negative_prompt or None,
+        width=job.width,
+        height=job.height,
+        steps=job.steps,
+        style=job.style,
+        raw=job.expansion_source == "raw",
+        count=job.count,
+        parent_job_id=job.id,
+    )
+
+
+class _AnswersErrors:
+    """Button callbacks run outside the command tree, so its error handler never sees them: a refusal
+    raised here is told to the member the same way."""
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        try:
+            await self.run(interaction)
+        except AtelierError as error:
+            await reply_error(interaction, str(error))
+
+    async def run(self, interaction: discord.Interaction) -> None:
+        raise NotImplementedError
+
+
+class _JobButton(_AnswersErrors, discord.ui.DynamicItem[discord.ui.Button], template=r"atelier:base:" + JOB_ID):  # type: ignore[call-arg]
+    """Base of every button that acts on a job; subclasses set ``action`` and ``template``."""
+
+    action = "base"
+    label: str = ""
+    emoji: str | None = None
+    style = discord.ButtonStyle.secondary
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__(
+            discord.ui.Button(
+                label=self.label or None,
+                emoji=self.emoji,
+                style=self.style,
+                custom_id=f"atelier:{self.action}:{job_id}",
+            )
+        )
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Button, match: re.Match[str]
+    ) -> _JobButton:
+        return cls(match["job_id"])
+
+    async def load_job(self, interaction: discord.Interaction) -> JobRecord:
+        bot: AtelierBot = interaction.client  # type: ignore[assignment]
+        return await bot.services.jobs.get(self.job_id)
+
+
+class RerollButton(_JobButton, template=r"atelier:reroll:" + JOB_ID):  # type: ignore[call-arg]
+    action = "reroll"
+    emoji = "🔄"
+
+    async def run(self, interaction: discord.Interaction) -> None:
+        await interaction.response.defer(thinking=True)
+        job = await self.load_job(interaction)
+        # The clicker starts (and pays for) their own job with the original request and a new seed.
+        await submit_and_track(interaction.client, interaction, rerun_request(interaction, job, job.member_prompt))  # type: ignore[arg-type]
+
+
+class InfoButton(_JobButton, template=r"atelier:info:" + JOB_ID):  # type: ignore[call-arg]
+    action = "info"
+    emoji = "ℹ️"
+
+    async def run(self, interaction: discord.Interaction) -> None:
+        job = await self.load_job(interaction)
+        await interaction.response.send_message(**info_message(job), ephemeral=True)
+
+
+class CancelButton(_JobButton, template=r"atelier:cancel:" + JOB_ID):  # type: ignore[call-arg]
+    action = "cancel"
+    label = "Cancel"
+    style = discord.ButtonStyle.danger
+
+    async def run(self, interaction: discord.Interaction) -> None:
+        bot: AtelierBot = interaction.client  # type: ignore[assignment]
+        status = await bot.services.jobs.cancel(self.job_id, user_id=interaction.user.id)
+        await interaction.response.send_message(f"Job {status}.", ephemeral=True)
+
+
+class _ImageButton(  # type: ignore[call-arg]
+    _AnswersErrors,
+    discord.ui.DynamicItem[discord.ui.Button],
+    template=r"atelier:img:" + JOB_ID + r":(?P<index>[0-3])",
+):
+    """Acts on one image of a grid: U1–U4 upscale, V1–V4 variations."""
+
+    action = "img"
+    prefix = ""
+    kind = ""
+
+    def __init__(self, job_id: str, index: int) -> None:
+        self.job_id = job_id
+        self.index = index
+        super().__init__(
+            discord.ui.Button(
+                label=f"{self.prefix}{index + 1}",
+                style=discord.ButtonStyle.secondary,
+                custom_id=f"atelier:{self.action}:{job_id}:{index}",
+                row=0 if self.prefix == "U" else 1,
+            )
+        )
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Button, match: re.Match[str]
+    ) -> _ImageButton:
+        return cls(match["job_id"], int(match["index"]))
+
+    async def run(self, interaction: discord.Interaction) -> None:
+        await interaction.response.defer(thinking=True)
+        bot: AtelierBot = interaction.client  # type: ignore[assignment]
+        request = await bot.services.jobs.derived_request(
+            self.job_id, self.index, self.kind, **member_context(interaction)
+        )
+        await submit_and_track(bot, interaction, request)
+
+
+class UpscaleButton(_ImageButton, template=r"atelier:upscale:" + JOB_ID + r":(?P<index>[0-3])"):  # type: ignore[call-arg]
+    action = "upscale"
+    prefix = "U"
+    kind = "upscale"
+
+
+class VariationButton(_ImageButton, template=r"atelier:vary:" + JOB_ID + r":(?P<index>[0-3])"):  # type: ignore[call-arg]
+    action = "vary"
+    prefix = "V"
+    kind = "img2img"
+
+
+class EditPromptModal(discord.ui.Modal, title="Edit prompt"):
+    def __init__(self, job: JobRecord) -> None:
+        super().__init__(custom_id=f"atelier:edit-modal:{job.id}")
+        self.job = job
+        self.prompt: discord.ui.TextInput[EditPromptModal] = discord.ui.TextInput(
+            label="Prompt",
+            style=discord.TextStyle.paragraph,
+            default=job.member_prompt,
+            max_length=1000,
+            custom_id="prompt",
+        )
+        self.add_item(self.prompt)
+
+    async def on_submit(self, interaction: discord.Interaction) -> None:
+        await interaction.response.defer(thinking=True)
+        request = rerun_request(interaction, self.job, self.prompt.value)
+        await submit_and_track(interaction.client, interaction, request)  # type: ignore[arg-type]
+
+    async def on_error(self, interaction: discord.Interaction, error: Exception) -> None:
+        if isinstance(error, AtelierError):
+            await reply_error(interaction, str(error))
+            return
+        await super().on_error(interaction, error)
+
+
+class EditPromptButton(_JobButton, template=r"atelier:edit:" + JOB_ID):  # type: ignore[call-arg]
+    action = "edit"
+    emoji = "✏️"
+
+    async def run(self, interaction: discord.Interaction) -> None:
+        await interaction.response.send_modal(EditPromptModal(await self.load_job(interaction)))
+
+
+DYNAMIC_ITEMS = (RerollButton, InfoButton, CancelButton, UpscaleButton, VariationButton, EditPromptButton)
