@@ -8,9 +8,9 @@ REST call with its time, so tests can assert on deadlines.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -21,6 +21,9 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from tests.simulator import rules
+from tests.simulator.rules import Refusal
+
 log = logging.getLogger(__name__)
 
 MANAGE_GUILD = 1 << 5
@@ -28,19 +31,66 @@ ADMINISTRATOR = 1 << 3
 EVERYONE_PERMISSIONS = (
     (1 << 10) | (1 << 11) | (1 << 15) | (1 << 16) | (1 << 6) | (1 << 31)
 )  # view, send, attach, history, react, use commands
+# What the bot's invite asks for, granted through its managed role.
+BOT_PERMISSIONS = EVERYONE_PERMISSIONS | (1 << 14)  # + embed links
 TOKEN_LIFETIME = 15 * 60
 EPHEMERAL = 1 << 6
 OPTION_TYPES = {"str": 3, "int": 4, "bool": 5, "float": 10}
 
-_ids = itertools.count(1_100_000_000_000_000_000)
+DISCORD_EPOCH_MS = 1_420_070_400_000
+_last_id = 0
+
+# Message types (discord-api-docs, Message Resource): what a channel post, an interaction's reply to a
+# component and an application command's response are.
+DEFAULT, REPLY, CHAT_INPUT_COMMAND = 0, 19, 20
+GLOBAL_LIMIT_PER_SECOND = 50
+_COUNTED: web.RequestKey[Any] = web.RequestKey("sim_bucket", Any)
 
 
 def snowflake() -> int:
-    return next(_ids)
+    """An id that carries its creation time, as Discord's do: discord.py reads ``created_at`` from it."""
+    global _last_id
+    _last_id = max(_last_id + 1, (int(time.time() * 1000) - DISCORD_EPOCH_MS) << 22)
+    return _last_id
 
 
 def _iso(moment: float | None = None) -> str:
     return datetime.fromtimestamp(moment or time.time(), UTC).isoformat()
+
+
+@dataclass
+class _Fault:
+    method: str
+    route: re.Pattern[str]
+    status: int
+    code: int | None
+    message: str | None
+    retry_after: float | None
+    times: int
+    every: int = 1
+    seen: int = 0
+
+
+@dataclass
+class _Bucket:
+    limit: int
+    per: float
+    window_start: float = 0.0
+    used: int = 0
+
+
+def _bucket(method: str, path: str) -> tuple[str, str] | None:
+    """The route name a request's rate limit is counted under, and the major parameter it is per
+    (Discord: per channel for channel routes, per token for interaction webhooks)."""
+    parts = path.removeprefix("/api/v10/").strip("/").split("/")
+    match parts:
+        case ["channels", channel, "messages"]:
+            return f"{method} /channels/{{channel}}/messages", channel
+        case ["channels", channel, "messages", _]:
+            return f"{method} /channels/{{channel}}/messages/{{message}}", channel
+        case ["webhooks", _, token, *_]:
+            return "webhooks/{token}", token
+    return None
 
 
 @dataclass
@@ -75,6 +125,7 @@ class MessageState:
     deleted: bool = False
     reactions: dict[str, set[int]] = field(default_factory=dict)
     webhook_id: int | None = None
+    type: int = DEFAULT
 
     @property
     def ephemeral(self) -> bool:
@@ -110,7 +161,7 @@ class MessageState:
             "embeds": self.embeds,
             "components": self.components,
             "pinned": False,
-            "type": 0,
+            "type": self.type,
             "flags": self.flags,
         }
         if self.guild_id:
@@ -127,8 +178,16 @@ class ChannelState:
     guild_id: int
     name: str
     nsfw: bool = False
+    bot_denied: int = 0  # permissions taken from the bot in this channel (sim.deny)
+
+    @property
+    def bot_permissions(self) -> int:
+        return BOT_PERMISSIONS & ~self.bot_denied
 
     def to_dict(self) -> dict[str, Any]:
+        overwrites = []
+        if self.bot_denied:
+            overwrites.append({"id": str(self.sim.bot_id), "type": 1, "allow": "0", "deny": str(self.bot_denied)})
         return {
             "id": str(self.id),
             "type": 0,
@@ -136,7 +195,7 @@ class ChannelState:
             "name": self.name,
             "position": 0,
             "nsfw": self.nsfw,
-            "permission_overwrites": [],
+            "permission_overwrites": overwrites,
             "topic": None,
             "last_message_id": None,
             "rate_limit_per_user": 0,
@@ -264,6 +323,7 @@ class GuildState:
     roles: list[RoleState] = field(default_factory=list)
     channels: list[ChannelState] = field(default_factory=list)
     members: list[MemberState] = field(default_factory=list)
+    bot_role: RoleState | None = None  # the managed role Discord gives an app on install
 
     @property
     def general(self) -> ChannelState:
@@ -286,13 +346,14 @@ class GuildState:
         return member
 
     def to_dict(self) -> dict[str, Any]:
-        bot_member = MemberState(self.sim, self, self.sim.bot_id, "Atelier", [], True)
+        bot_roles = [self.bot_role] if self.bot_role else []
+        bot_member = MemberState(self.sim, self, self.sim.bot_id, "Atelier", bot_roles, True)
         return {
             "id": str(self.id),
             "name": self.name,
             "icon": None,
             "owner_id": str(self.members[0].id if self.members else self.sim.bot_id),
-            "roles": [r.to_dict() for r in [self.everyone, *self.roles]],
+            "roles": [r.to_dict() for r in [self.everyone, *bot_roles, *self.roles]],
             "channels": [c.to_dict() for c in self.channels],
             "members": [m.member_dict() for m in [bot_member, *self.members]],
             "member_count": len(self.members) + 1,
@@ -370,9 +431,22 @@ class DiscordSimulator:
         self.calls: list[Call] = []
         self.clock_offset = 0.0
         self.attachment_size_limit = 10 * 1024 * 1024
+        # Per-route buckets as (requests, per seconds); the keys are _bucket()'s route names.
+        self.route_limits: dict[str, tuple[int, float]] = {
+            "POST /channels/{channel}/messages": (5, 5.0),
+            "PATCH /channels/{channel}/messages/{message}": (5, 5.0),
+            "DELETE /channels/{channel}/messages/{message}": (5, 1.0),
+            "webhooks/{token}": (5, 2.0),
+        }
+        self.invalid_requests = 0  # 401, 403 and 429 answers: Discord bans an IP past 10,000 in 10 minutes
+        self.injected = 0  # of those and others, how many a test injected
+        self._faults: list[_Fault] = []
+        self._buckets: dict[tuple[str, str], _Bucket] = {}
+        self._global_window: list[float] = []
         self._sockets: list[web.WebSocketResponse] = []
         self._sequence = 0
         self._sessions: set[str] = set()
+        self._events: list[dict[str, Any]] = []  # every dispatch, for replay on RESUME
         self._changed = asyncio.Condition()
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -384,7 +458,7 @@ class DiscordSimulator:
         return f"http://127.0.0.1:{self.port}"
 
     async def start(self) -> None:
-        app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[self._record])
+        app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[self._record, self._limit_headers_on])
         app.router.add_get("/", self._gateway)
         app.router.add_get("/attachments/{id}/{filename}", self._get_attachment)
         app.router.add_route("*", "/api/v10/{path:.*}", self._rest)
@@ -406,6 +480,62 @@ class DiscordSimulator:
 
     def advance(self, seconds: float) -> None:
         self.clock_offset += seconds
+
+    # ---------------------------------------------------------------- faults
+
+    def inject(
+        self,
+        method: str,
+        route_regex: str,
+        status: int,
+        *,
+        code: int | None = None,
+        message: str | None = None,
+        retry_after: float | None = None,
+        times: int = 1,
+        every: int = 1,
+    ) -> None:
+        """The next ``times`` requests whose method and path (after /api/v10) match get this error (with
+        ``every=20``: one matching request in twenty); a 429 with ``retry_after`` carries Discord's
+        rate-limit headers and body."""
+        fault = _Fault(method.upper(), re.compile(route_regex), status, code, message, retry_after, times, every)
+        self._faults.append(fault)
+
+    async def delete_message(self, channel: ChannelState, message_id: int) -> None:
+        """As if a moderator deleted it: gone for every route, and the bot gets MESSAGE_DELETE."""
+        message = self.messages[message_id]
+        message.deleted = True
+        await self.dispatch(
+            "MESSAGE_DELETE", {"id": str(message_id), "channel_id": str(channel.id), "guild_id": str(channel.guild_id)}
+        )
+
+    async def deny(self, channel: ChannelState, *permissions: str) -> None:
+        """Take permissions (``"send_messages"``, ``"attach_files"``, ``"embed_links"``, ``"view_channel"``,
+        ...) from the bot in one channel, with the CHANNEL_UPDATE Discord sends."""
+        for name in permissions:
+            channel.bot_denied |= rules.PERMISSIONS[name]
+        if self._sockets:
+            await self.dispatch("CHANNEL_UPDATE", channel.to_dict())
+
+    async def reconnect(self) -> None:
+        """Gateway op 7: the client must reconnect and RESUME; events in between are replayed."""
+        for ws in list(self._sockets):
+            await ws.send_str(json.dumps({"op": 7, "d": None, "s": None, "t": None}))
+
+    async def invalidate_session(self, resumable: bool) -> None:
+        """Gateway op 9, unprompted: resumable, the client resumes; not, it identifies anew."""
+        if not resumable:
+            self._sessions.clear()
+        for ws in list(self._sockets):
+            await ws.send_str(json.dumps({"op": 9, "d": resumable, "s": None, "t": None}))
+
+    async def close_gateway(self, code: int) -> None:
+        """Close every gateway connection with ``code`` (4000–4014: Discord's own close codes)."""
+        if code in (4007, 4009):  # invalid sequence, session timed out: the session cannot be resumed
+            self._sessions.clear()
+        for ws in list(self._sockets):
+            self._sockets.remove(ws)
+            await ws.close(code=code, message=b"closed by the simulator")
 
     @asynccontextmanager
     async def connect(self, client: Any, *, ready_timeout: float = 20) -> AsyncIterator[Any]:
@@ -439,6 +569,7 @@ class DiscordSimulator:
     def add_guild(self, name: str = "Atelier Test") -> GuildState:
         guild_id = snowflake()
         guild = GuildState(self, guild_id, name, RoleState(guild_id, "@everyone", EVERYONE_PERMISSIONS))
+        guild.bot_role = RoleState(snowflake(), "Atelier", BOT_PERMISSIONS)
         guild.add_channel("general")
         self.guilds.append(guild)
         return guild
@@ -488,6 +619,10 @@ class DiscordSimulator:
                     await self._identify(ws)
                 elif op == 6:
                     if payload["d"].get("session_id") in self._sessions:
+                        # Missed events first, in order, then RESUMED: as Discord replays them.
+                        after = payload["d"].get("seq") or 0
+                        for event in [e for e in self._events if e["s"] > after]:
+                            await ws.send_str(json.dumps(event))
                         self._sockets.append(ws)
                         await self._send(ws, "RESUMED", {})
                     else:
@@ -523,10 +658,18 @@ class DiscordSimulator:
         await ws.send_str(json.dumps({"op": 0, "t": event, "s": self._sequence, "d": data}))
 
     async def dispatch(self, event: str, data: dict[str, Any]) -> None:
-        if not self._sockets:
+        """Send an event to the connected client; while it is away with a resumable session, the event is
+        kept and replayed when it resumes."""
+        if not self._sockets and not self._sessions:
             raise AssertionError("no client is connected to the simulator")
+        self._sequence += 1
+        frame = {"op": 0, "t": event, "s": self._sequence, "d": data}
+        self._events.append(frame)
         for ws in list(self._sockets):
-            await self._send(ws, event, data)
+            try:
+                await ws.send_str(json.dumps(frame))
+            except ConnectionResetError:
+                log.debug("gateway socket closed while sending %s", event)
 
     # ---------------------------------------------------------------- interactions
 
@@ -648,10 +791,92 @@ class DiscordSimulator:
 
     @web.middleware
     async def _record(self, request: web.Request, handler: Callable[..., Any]) -> web.StreamResponse:
-        response = await handler(request)
+        response = self._fault_for(request) if request.path.startswith("/api/") else None
+        if response is None:
+            try:
+                response = await handler(request)
+            except Refusal as refusal:
+                response = self._json(refusal.body(), refusal.status)
+        if response.status in (401, 403, 429) and response.headers.get("X-RateLimit-Scope") != "shared":
+            self.invalid_requests += 1
         body = getattr(request, "_sim_body", None)
         self.calls.append(Call(time.monotonic(), request.method, request.path, response.status, body))
         await self._changed_notify()
+        return response
+
+    def _fault_for(self, request: web.Request) -> web.Response | None:
+        """An injected fault, else a 429 where a bucket or the global limit is spent; else None, and the
+        request is counted against its bucket (whose headers the handler's response then carries)."""
+        route = request.path.removeprefix("/api/v10")
+        for fault in self._faults:
+            if fault.times > 0 and fault.method in (request.method, "*") and fault.route.search(route):
+                fault.seen += 1
+                if fault.seen % fault.every:
+                    continue
+                fault.times -= 1
+                self.injected += 1
+                if fault.status == 429:
+                    return self._rate_limited(fault.retry_after or 1.0, scope="user")
+                return self._error(fault.status, fault.code or 0, fault.message or "injected by the test")
+        now = time.monotonic()
+        # Interaction callbacks and their webhooks are not bound to the global limit (Rate Limits: global).
+        if not route.startswith(("/interactions/", "/webhooks/")):
+            self._global_window = [t for t in self._global_window if now - t < 1.0]
+            if len(self._global_window) >= GLOBAL_LIMIT_PER_SECOND:
+                return self._rate_limited(1.0 - (now - self._global_window[0]), scope="global")
+            self._global_window.append(now)
+        named = _bucket(request.method, route)
+        if named is None or named[0] not in self.route_limits:
+            return None
+        limit, per = self.route_limits[named[0]]
+        bucket = self._buckets.setdefault(named, _Bucket(limit, per))
+        if now - bucket.window_start >= bucket.per:
+            bucket.window_start, bucket.used = now, 0
+        reset_after = bucket.per - (now - bucket.window_start)
+        if bucket.used >= bucket.limit:
+            return self._rate_limited(reset_after, scope="user", bucket=bucket, name=named)
+        bucket.used += 1
+        request[_COUNTED] = (named, bucket, reset_after)
+        return None
+
+    def _rate_limited(
+        self, retry_after: float, *, scope: str, bucket: _Bucket | None = None, name: tuple[str, str] | None = None
+    ) -> web.Response:
+        retry_after = round(max(retry_after, 0.001), 3)
+        body = {"message": "You are being rate limited.", "retry_after": retry_after, "global": scope == "global"}
+        response = self._json(body, 429)
+        response.headers.update(
+            {
+                # discord.py retries a 429 only when it came through Discord's proxy, which adds Via.
+                "Via": "1.1 google",
+                "Retry-After": str(max(1, round(retry_after))),
+                "X-RateLimit-Scope": scope,
+            }
+        )
+        if scope == "global":
+            response.headers["X-RateLimit-Global"] = "true"
+        else:
+            limit = bucket.limit if bucket else 5
+            response.headers.update(self._limit_headers(limit, 0, retry_after, name))
+        return response
+
+    @staticmethod
+    def _limit_headers(limit: int, remaining: int, reset_after: float, name: tuple[str, str] | None) -> dict[str, str]:
+        return {
+            "X-RateLimit-Limit": str(limit),
+            "X-RateLimit-Remaining": str(remaining),
+            "X-RateLimit-Reset": f"{time.time() + reset_after:.3f}",
+            "X-RateLimit-Reset-After": f"{reset_after:.3f}",
+            "X-RateLimit-Bucket": f"{abs(hash(name[0] if name else 'injected')):x}",
+        }
+
+    @web.middleware
+    async def _limit_headers_on(self, request: web.Request, handler: Callable[..., Any]) -> web.StreamResponse:
+        response = await handler(request)
+        counted = request.get(_COUNTED)
+        if counted is not None and response.status != 429:
+            name, bucket, reset_after = counted
+            response.headers.update(self._limit_headers(bucket.limit, bucket.limit - bucket.used, reset_after, name))
         return response
 
     @staticmethod
@@ -684,6 +909,7 @@ class DiscordSimulator:
         else:
             payload = {}
         request._sim_body = payload  # type: ignore[attr-defined]
+        rules.check_upload([len(f.data) for f in files], self.attachment_size_limit)
         return payload, files
 
     def _message_from(
@@ -751,8 +977,10 @@ class DiscordSimulator:
                     }
                 )
             case ["applications", _, "commands"] if method == "PUT":
+                rules.check_commands(payload)  # type: ignore[arg-type]
                 return self._json(self._store_commands(None, payload))
             case ["applications", _, "guilds", guild_id, "commands"] if method == "PUT":
+                rules.check_commands(payload)  # type: ignore[arg-type]
                 return self._json(self._store_commands(int(guild_id), payload))
             case ["applications", _, "commands"] | ["applications", _, "guilds", _, "commands"]:
                 return self._json(self.commands.get(int(parts[3]) if len(parts) > 3 else None, []))
@@ -763,25 +991,29 @@ class DiscordSimulator:
             case ["webhooks", _, token, "messages", message_ref]:
                 return self._webhook_message(method, token, message_ref, payload, files)
             case ["channels", channel_id] if method == "GET":
-                channel = self.channels.get(int(channel_id))
-                return self._json(channel.to_dict()) if channel else self._error(404, 10003, "Unknown Channel")
+                channel = self._channel(channel_id)
+                rules.check_permissions(channel.bot_permissions)
+                return self._json(channel.to_dict())
             case ["channels", channel_id, "messages"] if method == "POST":
-                channel = self.channels.get(int(channel_id))
-                if channel is None:
-                    return self._error(404, 10003, "Unknown Channel")
+                channel = self._channel(channel_id)
+                rules.check_permissions(channel.bot_permissions, *rules.needed_to_post(payload, bool(files)))
+                rules.check_message(payload, creating=True, has_files=bool(files))
                 return self._json(self._message_from(payload, files, channel).to_dict(self.base_url))
-            case ["channels", _, "messages", message_id]:
-                message = self.messages.get(int(message_id))
-                if message is None or message.deleted:
-                    return self._error(404, 10008, "Unknown Message")
+            case ["channels", channel_id, "messages", message_id]:
+                channel = self._channel(channel_id)
+                rules.check_permissions(channel.bot_permissions, *(["embed_links"] if payload.get("embeds") else []))
+                message = self._message(channel, message_id)
                 if method == "DELETE":
                     message.deleted = True
                     return web.Response(status=204)
                 if method == "PATCH":
+                    rules.check_message(payload, creating=False)
                     self._edit(message, payload, files)
                 return self._json(message.to_dict(self.base_url))
-            case ["channels", _, "messages", message_id, "reactions", emoji, "@me"]:
-                message = self.messages[int(message_id)]
+            case ["channels", channel_id, "messages", message_id, "reactions", emoji, "@me"]:
+                channel = self._channel(channel_id)
+                rules.check_permissions(channel.bot_permissions, "read_message_history", "add_reactions")
+                message = self._message(channel, message_id)
                 from urllib.parse import unquote
 
                 users = message.reactions.setdefault(unquote(emoji), set())
@@ -789,6 +1021,18 @@ class DiscordSimulator:
                 return web.Response(status=204)
         log.warning("simulator: unhandled %s /%s", method, "/".join(parts))
         return self._error(404, 0, f"simulator has no route for {method} /{'/'.join(parts)}")
+
+    def _channel(self, channel_id: str) -> ChannelState:
+        channel = self.channels.get(int(channel_id))
+        if channel is None:
+            raise Refusal(404, rules.UNKNOWN_CHANNEL, "Unknown Channel")
+        return channel
+
+    def _message(self, channel: ChannelState, message_id: str) -> MessageState:
+        message = self.messages.get(int(message_id))
+        if message is None or message.deleted or message.channel_id != channel.id:
+            raise Refusal(404, rules.UNKNOWN_MESSAGE, "Unknown Message")
+        return message
 
     def _store_commands(self, guild_id: int | None, payload: list[dict[str, Any]]) -> list[dict[str, Any]]:
         stored = []
@@ -820,13 +1064,36 @@ class DiscordSimulator:
         if time.monotonic() - record.dispatched_at > 3.0:
             # Discord forgets an interaction that was not acknowledged within three seconds.
             return self._error(404, 10062, "Unknown interaction")
-        record.callback = payload
-        record.callback_at = time.monotonic()
         kind = payload.get("type")
         data = payload.get("data") or {}
+        if kind in (6, 7) and record.type not in (3, 5):
+            # Updating "the message" only exists for component (and modal) interactions.
+            raise Refusal(
+                400,
+                rules.INVALID_FORM_BODY,
+                "Invalid Form Body",
+                {
+                    "type": {
+                        "_errors": [
+                            {
+                                "code": "INTERACTION_RESPONSE_TYPE_INVALID",
+                                "message": "Interaction response type is invalid",
+                            }
+                        ]
+                    }
+                },
+            )
+        if kind == 4:
+            rules.check_message(data, creating=True, has_files=bool(files))
+        elif kind == 7:
+            rules.check_message(data, creating=False)
+        record.callback = payload
+        record.callback_at = time.monotonic()
         resource: dict[str, Any] = {"type": kind}
         if kind in (4, 5):  # a message, or the "thinking…" placeholder of a deferred one
-            record.original = self._message_from(data, files, record.channel, interaction_id=record.id)
+            record.original = self._message_from(
+                data, files, record.channel, interaction_id=record.id, type=self._reply_type(record)
+            )
             resource["message"] = record.original.to_dict(self.base_url)
         elif kind == 7 and record.message is not None:  # update the clicked message
             self._edit(record.message, data, files)
@@ -847,12 +1114,17 @@ class DiscordSimulator:
             }
         )
 
+    @staticmethod
+    def _reply_type(record: InteractionRecord) -> int:
+        return CHAT_INPUT_COMMAND if record.type == 2 else REPLY
+
     def _followup(self, token: str, payload: dict[str, Any], files: list[Attachment]) -> web.Response:
         record = self._interaction(token)
         if record is None:
             return self._error(401, 50027, "Invalid Webhook Token")
         if record.callback is None:
             return self._error(404, 10015, "Unknown Webhook")
+        rules.check_message(payload, creating=True, has_files=bool(files))
         if (
             record.callback.get("type") == 5
             and record.original is not None
@@ -863,13 +1135,18 @@ class DiscordSimulator:
             and not record.followups
             and record.original.components == []
         ):
-            # The first follow-up after a deferred reply replaces its "thinking…" placeholder.
+            # The first follow-up after a deferred reply replaces its "thinking…" placeholder, and keeps the
+            # placeholder's visibility: a public defer cannot become ephemeral (nor the reverse).
             self._edit(record.original, payload, files)
-            record.original.flags = (record.original.flags & EPHEMERAL) | (payload.get("flags") or 0)
             record.followups.append(record.original)
             return self._json(record.original.to_dict(self.base_url))
         message = self._message_from(
-            payload, files, record.channel, interaction_id=record.id, webhook_id=self.application_id
+            payload,
+            files,
+            record.channel,
+            interaction_id=record.id,
+            webhook_id=self.application_id,
+            type=self._reply_type(record),
         )
         record.followups.append(message)
         return self._json(message.to_dict(self.base_url))
@@ -890,5 +1167,6 @@ class DiscordSimulator:
             message.deleted = True
             return web.Response(status=204)
         if method == "PATCH":
+            rules.check_message(payload, creating=False)
             self._edit(message, payload, files)
         return self._json(message.to_dict(self.base_url))
