@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -15,6 +14,7 @@ from bot.config import Settings
 
 if TYPE_CHECKING:
     from bot.cli.wiring import Services
+    from bot.services.records import JobRecord
 from bot.errors import AtelierError
 from bot.services.delivery import DeliveryService
 from bot.ui.delivery import deliver_job
@@ -31,21 +31,43 @@ EXTENSIONS = (
     "bot.cogs.member",
 )
 
-# Interaction tokens live 15 minutes; leave a margin for the upload itself.
+# Interaction tokens live 15 minutes from the interaction's creation; leave a margin for the upload.
 INTERACTION_TOKEN_SECONDS = 14 * 60
+# Deliveries and progress edits in flight at once: one slow or rate-limited channel never holds up the rest.
+CONCURRENT_SENDS = 8
 
 
 @dataclass
 class PendingReply:
+    """Who to answer for a queued job, and the status message to edit meanwhile: the interaction's own
+    response for a slash command, a follow-up of its own for a button or a modal."""
+
     interaction: discord.Interaction
-    created: float
     header: str = ""
+    status_message: discord.WebhookMessage | None = None
     shown: str = ""
     status_gone: bool = False
 
     @property
     def usable(self) -> bool:
-        return time.monotonic() - self.created < INTERACTION_TOKEN_SECONDS
+        age = (discord.utils.utcnow() - self.interaction.created_at).total_seconds()
+        return age < INTERACTION_TOKEN_SECONDS
+
+    async def show(self, text: str) -> None:
+        if self.status_message is not None:
+            await self.status_message.edit(content=text)
+        else:
+            await self.interaction.edit_original_response(content=text)
+        self.shown = text
+
+    async def remove_status(self) -> None:
+        try:
+            if self.status_message is not None:
+                await self.status_message.delete()
+            else:
+                await self.interaction.delete_original_response()
+        except discord.HTTPException:
+            pass  # already gone, or the token expired: the result is out either way
 
 
 class AtelierBot(commands.Bot):
@@ -58,6 +80,8 @@ class AtelierBot(commands.Bot):
             intents=intents,
             owner_ids=set(settings.owner_ids) or None,
             allowed_mentions=discord.AllowedMentions(everyone=False, roles=False, users=True),
+            # A rate limit longer than this raises instead of sleeping: the delivery backs off that job.
+            max_ratelimit_timeout=30.0,
             **options,  # type: ignore[arg-type]
         )
         self.settings = settings
@@ -67,6 +91,8 @@ class AtelierBot(commands.Bot):
         self.delivery_poll_seconds = 0.25
         self.progress_interval_seconds = 1.0
         self._loops: list[BackgroundLoop] = []
+        self._sends = asyncio.Semaphore(CONCURRENT_SENDS)
+        self._deliveries: set[asyncio.Task[None]] = set()
         self._pumping: asyncio.Task[None] | None = None
         self._stop_pumping = asyncio.Event()
 
@@ -74,6 +100,9 @@ class AtelierBot(commands.Bot):
         for extension in EXTENSIONS:
             await self.load_extension(extension)
         self.tree.on_error = self.on_app_command_error
+        revived = await self.delivery.revive_undeliverable()
+        if revived:
+            log.info("trying %d undeliverable result(s) again", revived)
         if self.settings.sync_commands:
             synced = await self.tree.sync()
             log.info("synced %d global commands", len(synced))
@@ -93,38 +122,53 @@ class AtelierBot(commands.Bot):
             # Redis: engines report through a results stream that the bot applies to the database.
             self._pumping = asyncio.create_task(pump(self._stop_pumping), name="atelier-results")
 
-    def track(self, job_id: str, interaction: discord.Interaction, header: str = "") -> None:
+    def track(
+        self,
+        job_id: str,
+        interaction: discord.Interaction,
+        header: str = "",
+        status_message: discord.WebhookMessage | None = None,
+    ) -> None:
         """Remember who to answer; after a restart, or past the token's life, results go to the channel."""
-        self.pending_replies[job_id] = PendingReply(interaction, time.monotonic(), header)
+        self.pending_replies[job_id] = PendingReply(interaction, header, status_message)
 
     async def _progress_pass(self) -> None:
-        """Edit each waiting member's status message; passes run at most once a second (Discord
-        rate-limits edits)."""
-        for job_id, pending in list(self.pending_replies.items()):
-            if pending.status_gone or not pending.usable:
-                continue
+        """Edit the status messages whose text a member would see change (state, place in line, step);
+        passes run at most once a second, edits side by side."""
+        await asyncio.gather(*(self._show_progress(job_id, p) for job_id, p in list(self.pending_replies.items())))
+
+    async def _show_progress(self, job_id: str, pending: PendingReply) -> None:
+        if pending.status_gone or not pending.usable:
+            return
+        async with self._sends:
             try:
                 progress = await self.services.jobs.progress(job_id)
             except Exception:
                 log.debug("no progress for job %s", job_id, exc_info=True)
-                continue
-            if progress.status not in ("queued", "running"):
-                continue
+                return
+            if progress.status not in ("queued", "running") or self.pending_replies.get(job_id) is not pending:
+                return  # ended (or being delivered): never edit over the result
             text = f"{pending.header}\n{progress.describe()}" if pending.header else progress.describe()
             if text == pending.shown:
-                continue
+                return
             try:
-                await pending.interaction.edit_original_response(content=text)
-                pending.shown = text
+                await pending.show(text)
             except discord.NotFound:
                 pending.status_gone = True  # the member deleted it: stop editing, still deliver
             except discord.HTTPException:
                 log.debug("progress edit failed for job %s", job_id, exc_info=True)
 
     async def _deliver_pass(self) -> None:
+        """Claim what is ready and post each in a task of its own, so one stuck job never delays another."""
         for job in await self.delivery.pending():
             if await self.delivery.claim(job.id):
-                await deliver_job(self, job)
+                task = asyncio.create_task(self._deliver(job), name=f"atelier-deliver-{job.id}")
+                self._deliveries.add(task)
+                task.add_done_callback(self._deliveries.discard)
+
+    async def _deliver(self, job: JobRecord) -> None:
+        async with self._sends:
+            await deliver_job(self, job)
 
     async def on_app_command_error(
         self, interaction: discord.Interaction, error: discord.app_commands.AppCommandError
@@ -151,6 +195,8 @@ class AtelierBot(commands.Bot):
         # nothing still uses the database when the caller disposes of it.
         self._stop_pumping.set()
         await asyncio.gather(*(loop.stop() for loop in self._loops))
+        # Deliveries in flight finish (each is one post and one write); none is cut off mid-write.
+        await asyncio.gather(*self._deliveries, return_exceptions=True)
         if self._pumping is not None:
             await asyncio.gather(self._pumping, return_exceptions=True)
         self._loops, self._pumping = [], None

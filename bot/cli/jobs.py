@@ -39,5 +39,5 @@ async def _jobs(services: Services, args: argparse.Namespace) -> int:
         print_json({"job_id": args.job_id, "status": await services.jobs.cancel(args.job_id)})
     elif args.jobs_command == "retry":
         job = await services.jobs.retry(args.job_id)
-        print_json({"job_id": job.id, "status": job.status, "retry_of": args.job_id})
+        print_json({"job_id": job.id, "status": job.status, "delivery": job.delivery, "retry_of": args.job_id})
     return 0

@@ -118,6 +118,10 @@ class Job(Base):
 
     delivered_at: Mapped[datetime | None] = mapped_column(DateTime)
     message_id: Mapped[int | None] = mapped_column(BigInteger)
+    # Failed posts of the result: the next try waits longer each time, and past the cap it is undeliverable.
+    delivery_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    next_delivery_at: Mapped[datetime | None] = mapped_column(DateTime)
+    delivery_error: Mapped[str | None] = mapped_column(Text)
 
     images: Mapped[list[Image]] = relationship(
         back_populates="job", order_by="Image.index", lazy="selectin", cascade="all, delete-orphan"

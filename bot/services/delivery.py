@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import io
 import logging
+import random
 from dataclasses import dataclass
+from datetime import timedelta
 
 from PIL import Image as PILImage
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 
 from bot.db.models import Guild, Image, Job
-from bot.services.records import JobRecord
+from bot.services.records import MAX_DELIVERY_ATTEMPTS, JobRecord
 from engine.contract import JobStatus, utcnow
+from engine.queue import ledger
 from engine.queue.database import Database
 
 log = logging.getLogger(__name__)
@@ -77,10 +80,36 @@ def flagged_action(
     return "withhold" if action == "withhold" else "blur"
 
 
+DELIVERY_BACKOFF_BASE_SECONDS = 2.0
+DELIVERY_BACKOFF_CAP_SECONDS = 300.0
+
+
+def delivery_backoff(
+    attempt: int,
+    *,
+    base: float = DELIVERY_BACKOFF_BASE_SECONDS,
+    cap: float = DELIVERY_BACKOFF_CAP_SECONDS,
+    rng: random.Random | None = None,
+) -> float:
+    """Seconds before delivery attempt ``attempt + 1``: doubling from ``base``, capped, drawn from the
+    upper half of that bound so that stuck jobs do not retry in step."""
+    bound = min(cap, base * 2 ** (attempt - 1))
+    return (rng or random).uniform(bound / 2, bound)
+
+
 class DeliveryService:
-    def __init__(self, database: Database, *, safety_threshold: float = 0.5) -> None:
+    def __init__(
+        self,
+        database: Database,
+        *,
+        safety_threshold: float = 0.5,
+        backoff_base_seconds: float = DELIVERY_BACKOFF_BASE_SECONDS,
+        backoff_cap_seconds: float = DELIVERY_BACKOFF_CAP_SECONDS,
+    ) -> None:
         self.db = database
         self.safety_threshold = safety_threshold
+        self.backoff_base_seconds = backoff_base_seconds
+        self.backoff_cap_seconds = backoff_cap_seconds
 
     async def flagged_action(self, job: JobRecord, *, channel_nsfw: bool) -> str:
         """What the server's policy does with this result in that channel: show, blur or withhold."""
@@ -95,13 +124,16 @@ class DeliveryService:
         )
 
     async def pending(self, limit: int = 20) -> list[JobRecord]:
-        """Ended jobs from Discord that have not been posted yet, oldest first."""
+        """Ended jobs from Discord that have not been posted yet and whose back-off is over, oldest first."""
+        now = utcnow()
         query = (
             select(Job)
             .where(
                 Job.status.in_([JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED]),
                 Job.delivered_at.is_(None),
                 Job.channel_id.is_not(None),
+                Job.delivery_attempts < MAX_DELIVERY_ATTEMPTS,
+                or_(Job.next_delivery_at.is_(None), Job.next_delivery_at <= now),
             )
             .order_by(Job.finished_at)
             .limit(limit)
@@ -120,10 +152,42 @@ class DeliveryService:
             )
             return claimed.scalar_one_or_none() is not None
 
-    async def unclaim(self, job_id: str) -> None:
-        """Posting failed: let the next pass try again."""
+    async def unclaim(self, job_id: str, error: str = "") -> str:
+        """Posting failed: try again after a back-off that doubles (with jitter, up to a cap); after
+        MAX_DELIVERY_ATTEMPTS the job is undeliverable and its quota is given back, once. Returns the
+        job's delivery state."""
         async with self.db.transaction() as session:
-            await session.execute(update(Job).where(Job.id == job_id).values(delivered_at=None))
+            attempts = (
+                await session.execute(
+                    update(Job)
+                    .where(Job.id == job_id)
+                    .values(delivery_attempts=Job.delivery_attempts + 1, delivery_error=error[:500] or None)
+                    .returning(Job.delivery_attempts)
+                )
+            ).scalar_one()
+            if attempts >= MAX_DELIVERY_ATTEMPTS:
+                await ledger.refund(session, [job_id])
+                await session.execute(update(Job).where(Job.id == job_id).values(delivered_at=None))
+                log.warning("job %s is undeliverable after %d attempts: %s", job_id, attempts, error)
+                return "undeliverable"
+            wait = delivery_backoff(attempts, base=self.backoff_base_seconds, cap=self.backoff_cap_seconds)
+            await session.execute(
+                update(Job)
+                .where(Job.id == job_id)
+                .values(delivered_at=None, next_delivery_at=utcnow() + timedelta(seconds=wait))
+            )
+        return "pending"
+
+    async def revive_undeliverable(self, job_ids: list[str] | None = None) -> int:
+        """Give undeliverable results (all, or these) a fresh set of tries: at bot start, or `jobs retry`."""
+        query = update(Job).where(
+            Job.delivered_at.is_(None), Job.message_id.is_(None), Job.delivery_attempts >= MAX_DELIVERY_ATTEMPTS
+        )
+        if job_ids is not None:
+            query = query.where(Job.id.in_(job_ids))
+        async with self.db.transaction() as session:
+            result = await session.execute(query.values(delivery_attempts=0, next_delivery_at=None))
+        return result.rowcount or 0
 
     async def delivered(self, job_id: str, message_id: int) -> None:
         async with self.db.transaction() as session:

@@ -86,9 +86,12 @@ class Progress:
     steps: int
 
     def describe(self) -> str:
+        """What a member reads; it changes only when something they would notice does (the state, the
+        place in line, the step, the ETA's minute), so that an unchanged text costs no edit."""
         if self.status == JobStatus.RUNNING:
             return f"🎨 Drawing… step {self.step or 0} of {self.steps}"
-        eta = f", about {self.eta_seconds:.0f}s" if self.eta_seconds >= 1 else ""
+        minutes = round(self.eta_seconds / 60)
+        eta = f", about {minutes} min" if minutes >= 1 else ", under a minute" if self.eta_seconds >= 1 else ""
         return f"⏳ Queued: position {self.position}{eta}"
 
 
@@ -331,6 +334,11 @@ class JobService:
             job = await session.get(Job, job_id)
             if job is None:
                 raise NotFound(f"No job {job_id}.")
+            if JobRecord.of(job).delivery == "undeliverable":
+                # The image exists; only posting it failed: try posting again, not drawing it again.
+                job.delivery_attempts, job.next_delivery_at = 0, None
+                await session.flush()
+                return JobRecord.of(job)
             if job.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
                 raise InvalidRequest(f"Only failed or cancelled jobs can be retried; {job_id} is {job.status}.")
             job.status = JobStatus.QUEUED

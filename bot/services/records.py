@@ -12,6 +12,9 @@ from typing import TYPE_CHECKING, Any
 
 from engine.contract import JobStatus, image_seed
 
+# Failed posts of one result before it is left "undeliverable" (bot/services/delivery.py backs off between).
+MAX_DELIVERY_ATTEMPTS = 8
+
 if TYPE_CHECKING:
     from bot.db.models import Image, Job
 
@@ -70,6 +73,9 @@ class JobRecord:
     created_at: datetime
     finished_at: datetime | None
     message_id: int | None
+    delivered_at: datetime | None
+    delivery_attempts: int
+    delivery_error: str | None
     images: tuple[ImageRecord, ...]
 
     @classmethod
@@ -83,6 +89,18 @@ class JobRecord:
         return JobStatus(self.status).terminal
 
     @property
+    def delivery(self) -> str | None:
+        """Where the result stands with Discord: None (not ended, or not from Discord), "pending",
+        "delivered" or "undeliverable" (Discord kept refusing it; a restart or `jobs retry` tries again)."""
+        if self.message_id is not None:
+            return "delivered"
+        if not self.terminal or self.channel_id is None:
+            return None
+        if self.delivered_at is None and self.delivery_attempts >= MAX_DELIVERY_ATTEMPTS:
+            return "undeliverable"
+        return "pending"
+
+    @property
     def image_paths(self) -> list[str]:
         return [image.path for image in self.images]
 
@@ -92,4 +110,5 @@ class JobRecord:
         data["job_id"] = data.pop("id")
         data["images"] = [{"path": i.path, "seed": i.seed, "width": i.width, "height": i.height} for i in self.images]
         data["image"] = self.images[0].path if self.images else None
+        data["delivery"] = self.delivery
         return data

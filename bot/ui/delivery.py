@@ -5,59 +5,93 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import discord
 
-from bot.services.delivery import DEFAULT_UPLOAD_LIMIT, blur, fit_upload, grid
+from bot.services.delivery import DEFAULT_UPLOAD_LIMIT, Attachment, blur, fit_upload, grid
 from bot.services.records import JobRecord
 from bot.ui.messages import result_embed
 from bot.ui.views import result_view
 
 if TYPE_CHECKING:
-    from bot.app import AtelierBot
+    from bot.app import AtelierBot, PendingReply
 
 log = logging.getLogger(__name__)
 
 
 async def deliver_job(bot: AtelierBot, job: JobRecord) -> None:
+    """Post one ended job, claimed by the caller. Discord refusing it (a 4xx, a 5xx, a rate limit past
+    discord.py's patience) backs off this job alone; see DeliveryService.unclaim."""
     pending = bot.pending_replies.pop(job.id, None)
     try:
         channel = bot.get_channel(job.channel_id) if job.channel_id else None
         action = await bot.delivery.flagged_action(job, channel_nsfw=bool(getattr(channel, "nsfw", False)))
-        kwargs = await _message_for(job, upload_limit=_upload_limit(bot, job), action=action)
+        reply = await _reply_for(job, upload_limit=_upload_limit(bot, job), action=action)
         message = None
         if pending is not None and pending.usable:
-            message = await _send_followup(pending.interaction, job, kwargs)
+            message = await _send_followup(pending, job, reply)
         if message is None:
             channel = channel or await bot.fetch_channel(job.channel_id)  # type: ignore[arg-type]
-            message = await channel.send(content=f"<@{job.user_id}> {kwargs.pop('content', '')}".strip(), **kwargs)  # type: ignore[union-attr]
-    except Exception:
-        log.exception("could not deliver job %s; will retry", job.id)
-        if pending is not None:
+            message = await channel.send(  # type: ignore[union-attr]
+                **reply.message_kwargs(content_prefix=f"<@{job.user_id}>")
+            )
+    except Exception as error:
+        state = await bot.delivery.unclaim(job.id, _describe(error))
+        # Discord refusing is expected now and then; anything else is a bug worth its traceback.
+        expected = isinstance(error, discord.DiscordException | OSError)
+        log.warning("could not deliver job %s (%s); %s", job.id, _describe(error), state, exc_info=not expected)
+        if pending is not None and state == "pending":
             bot.pending_replies[job.id] = pending
-        await bot.delivery.unclaim(job.id)
         return
     await bot.delivery.delivered(job.id, message.id)
     log.info("delivered job %s as message %s", job.id, message.id)
 
 
-async def _send_followup(
-    interaction: discord.Interaction, job: JobRecord, kwargs: dict[str, Any]
-) -> discord.Message | None:
+def _describe(error: BaseException) -> str:
+    if isinstance(error, discord.HTTPException):
+        return f"{error.status} {error.code}: {error.text[:200]}"
+    return f"{type(error).__name__}: {error}"[:300]
+
+
+async def _send_followup(pending: PendingReply, job: JobRecord, reply: Reply) -> discord.Message | None:
+    """The result as a follow-up of the member's interaction; None where Discord no longer knows the
+    interaction (the channel gets it instead). A 5xx or a rate limit is raised: the job backs off."""
     try:
-        message = await interaction.followup.send(wait=True, **kwargs)
-    except (discord.NotFound, discord.Forbidden, discord.HTTPException) as error:
-        if isinstance(error, discord.HTTPException) and error.status >= 500:
-            raise
+        message = await pending.interaction.followup.send(wait=True, **reply.message_kwargs())
+    except (discord.NotFound, discord.Forbidden) as error:
         log.info("interaction for job %s is gone (%s); posting to the channel", job.id, error.status)
         return None
-    try:
-        await interaction.delete_original_response()  # the "queued" placeholder
-    except discord.HTTPException:
-        pass
+    except discord.HTTPException as error:
+        if error.status == 401:  # the token expired (Invalid Webhook Token)
+            log.info("interaction token for job %s expired; posting to the channel", job.id)
+            return None
+        raise
+    await pending.remove_status()  # the "queued" placeholder
     return message
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A result message as data: each send builds its own discord.File, so a retry (or the channel
+    fallback after a failed follow-up) uploads the whole image again, never a consumed stream."""
+
+    content: str = ""
+    embed: discord.Embed | None = None
+    attachment: Attachment | None = None
+    view: discord.ui.View | None = None
+
+    def message_kwargs(self, *, content_prefix: str = "") -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"content": f"{content_prefix} {self.content}".strip()}
+        if self.embed is not None:
+            kwargs["embed"] = self.embed
+        if self.attachment is not None:
+            kwargs["file"] = discord.File(io.BytesIO(self.attachment.data), filename=self.attachment.filename)
+        if self.view is not None:
+            kwargs["view"] = self.view
+        return kwargs
 
 
 def _upload_limit(bot: AtelierBot, job: JobRecord) -> int:
@@ -69,12 +103,12 @@ async def _read_images(job: JobRecord) -> list[bytes]:
     return await asyncio.to_thread(lambda: [Path(path).read_bytes() for path in job.image_paths])
 
 
-async def _message_for(job: JobRecord, *, upload_limit: int, action: str = "show") -> dict[str, Any]:
+async def _reply_for(job: JobRecord, *, upload_limit: int, action: str = "show") -> Reply:
     if job.status != "succeeded":
-        reason = "was cancelled" if job.status == "cancelled" else f"failed: {job.error or 'unknown error'}"
-        return {"content": f"Your image for “{job.member_prompt[:200]}” {reason}. Nothing was charged."}
+        reason = "was cancelled" if job.status == "cancelled" else f"failed: {(job.error or 'unknown error')[:300]}"
+        return Reply(content=f"Your image for “{job.member_prompt[:200]}” {reason}. Nothing was charged.")
     if action == "withhold":
-        return {"content": f"Your image for “{job.member_prompt[:200]}” was withheld by this server's image filter."}
+        return Reply(content=f"Your image for “{job.member_prompt[:200]}” was withheld by this server's image filter.")
     pngs = await _read_images(job)
     # A single image goes out as the engine encoded it; only a grid or a blur is drawn anew.
     png = pngs[0] if len(pngs) == 1 else await asyncio.to_thread(grid, pngs)
@@ -83,8 +117,4 @@ async def _message_for(job: JobRecord, *, upload_limit: int, action: str = "show
     attachment = await asyncio.to_thread(fit_upload, png, job.id, upload_limit)
     embed = result_embed(job)
     embed.set_image(url=f"attachment://{attachment.filename}")
-    return {
-        "embed": embed,
-        "file": discord.File(io.BytesIO(attachment.data), filename=attachment.filename),
-        "view": result_view(job),
-    }
+    return Reply(embed=embed, attachment=attachment, view=result_view(job))

@@ -31,11 +31,26 @@ async def submit_and_track(bot: AtelierBot, interaction: discord.Interaction, re
     header = (
         f"**{discord.utils.escape_markdown(job.member_prompt[:200])}**\n-# {discord.utils.escape_markdown(shown[:300])}"
     )
-    bot.track(job.id, interaction, header)
+    status_message = None
     try:
-        await interaction.edit_original_response(content=f"{header}\n⏳ Queued", view=status_view(job.id))
+        if interaction.type is discord.InteractionType.application_command:
+            await interaction.edit_original_response(content=f"{header}\n⏳ Queued", view=status_view(job.id))
+        else:
+            # A button or modal was answered with a silent defer (see defer_quietly): the status is a
+            # public follow-up of its own, and the clicked message stays as it was.
+            status_message = await interaction.followup.send(
+                f"{header}\n⏳ Queued", view=status_view(job.id), wait=True
+            )
     except discord.HTTPException:
         log.info("could not show the queued status of job %s", job.id)
+    bot.track(job.id, interaction, header, status_message)
+
+
+async def defer_quietly(interaction: discord.Interaction) -> None:
+    """Answer a button or modal within Discord's 3 seconds without a public "thinking…" placeholder.
+    After a public placeholder, Discord turns the first follow-up into an edit of it and ignores
+    ``ephemeral``, so a refusal ("Daily limit reached") would be shown to the whole channel."""
+    await interaction.response.defer()
 
 
 def status_view(job_id: str) -> discord.ui.View:
@@ -122,7 +137,7 @@ class RerollButton(_JobButton, template=r"atelier:reroll:" + JOB_ID):  # type: i
     emoji = "🔄"
 
     async def run(self, interaction: discord.Interaction) -> None:
-        await interaction.response.defer(thinking=True)
+        await defer_quietly(interaction)
         job = await self.load_job(interaction)
         # The clicker starts (and pays for) their own job with the original request and a new seed.
         await submit_and_track(interaction.client, interaction, rerun_request(interaction, job, job.member_prompt))  # type: ignore[arg-type]
@@ -178,7 +193,7 @@ class _ImageButton(  # type: ignore[call-arg]
         return cls(match["job_id"], int(match["index"]))
 
     async def run(self, interaction: discord.Interaction) -> None:
-        await interaction.response.defer(thinking=True)
+        await defer_quietly(interaction)
         bot: AtelierBot = interaction.client  # type: ignore[assignment]
         request = await bot.services.jobs.derived_request(
             self.job_id, self.index, self.kind, **member_context(interaction)
@@ -212,7 +227,7 @@ class EditPromptModal(discord.ui.Modal, title="Edit prompt"):
         self.add_item(self.prompt)
 
     async def on_submit(self, interaction: discord.Interaction) -> None:
-        await interaction.response.defer(thinking=True)
+        await defer_quietly(interaction)
         request = rerun_request(interaction, self.job, self.prompt.value)
         await submit_and_track(interaction.client, interaction, request)  # type: ignore[arg-type]
 

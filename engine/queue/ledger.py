@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -125,6 +126,33 @@ def write_atomically(path: Path, data: bytes) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_bytes(data)
     tmp.replace(path)
+
+
+@dataclass(frozen=True)
+class StagedImages:
+    """A result's PNGs written beside their final paths, moved into place only once its lease is known
+    to hold, so an engine that lost its lease never overwrites the images of the one that has it."""
+
+    staged: list[Path]
+    final: list[Path]
+
+    def publish(self) -> None:
+        for staged, final in zip(self.staged, self.final, strict=True):
+            staged.replace(final)
+
+    def discard(self) -> None:
+        for staged in self.staged:
+            staged.unlink(missing_ok=True)
+
+
+def stage_images(images_dir: Path, job_id: str, generated: list[GeneratedImage]) -> StagedImages:
+    token = uuid.uuid4().hex[:12]
+    final = [image_path(images_dir, job_id, image.index) for image in generated]
+    staged = [path.with_name(f"{path.name}.{token}.staged") for path in final]
+    for path, image in zip(staged, generated, strict=True):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(image.png)
+    return StagedImages(staged, final)
 
 
 def write_images(images_dir: Path, job_id: str, generated: list[GeneratedImage]) -> list[Path]:

@@ -205,15 +205,23 @@ class SqliteQueue:
         # One transaction for the whole batch: each commit is a write-lock round trip that the bot's
         # own writes queue behind, and the engine's event loop is busy while it lasts.
         images_dir = self.settings.images_dir
-        paths = await asyncio.to_thread(
-            lambda: [ledger.write_images(images_dir, job.id, result.images) for job, result in results]
+        staged = await asyncio.to_thread(
+            lambda: [ledger.stage_images(images_dir, job.id, result.images) for job, result in results]
         )
         successes = [
-            ledger.Success(job.id, result, job_paths, job.lease_token, job.attempt)
-            for (job, result), job_paths in zip(results, paths, strict=True)
+            ledger.Success(job.id, result, files.final, job.lease_token, job.attempt)
+            for (job, result), files in zip(results, staged, strict=True)
         ]
-        async with self.db.transaction() as session:
-            done = await ledger.record_successes(session, successes)
+        try:
+            async with self.db.transaction() as session:
+                done = await ledger.record_successes(session, successes)
+                # Inside the write lock: no other engine can record this job between the check and the move.
+                for files, recorded in zip(staged, done, strict=True):
+                    if recorded:
+                        files.publish()
+        finally:
+            for files in staged:
+                files.discard()  # what was not moved into place: a lost lease's images, or a failed commit's
         for (job, _), recorded in zip(results, done, strict=True):
             if not recorded:
                 log.warning("job %s finished after its lease was lost; result discarded", job.id)

@@ -43,7 +43,7 @@ class Harness:
         """A fresh bot process, as after a restart: nothing in memory survives."""
         self.services = Services.create(self.settings)
         self.settings.sync_commands = True
-        bot = AtelierBot(self.settings, self.services)
+        bot = AtelierBot(self.settings, self.services, guild_ready_timeout=0.05)
         bot.delivery_poll_seconds = 0.05
         self.bot = bot
         return bot

@@ -73,7 +73,7 @@ async def test_buttons_still_work_after_the_bot_restarts(harness: Harness) -> No
     async with harness.sim.connect(harness.new_bot()):
         reroll = next(cid for cid in result.custom_ids if cid.startswith("atelier:reroll:"))
         click = await harness.admin.click(result, reroll)  # someone else rerolls: their job, their quota
-        assert (await click.wait_ack())["type"] == 5
+        assert (await click.wait_ack())["type"] == 6  # a silent defer: no public placeholder to misuse
         rerolled = await click.wait_followup(_is_result)
         assert rerolled.embeds[0]["title"] == "a fox in the snow"
 
@@ -97,6 +97,9 @@ async def test_a_result_after_the_token_expired_is_posted_to_the_channel(harness
         posted = await harness.guild.general.wait_message(lambda m: _is_result(m) and m.interaction_id is None)
         assert posted.content.startswith(f"<@{harness.member.id}>")
         assert not [m for m in interaction.followups if _is_result(m)]
+        # The whole image, not the stream the refused follow-up had already read to its end.
+        with Image.open(io.BytesIO(posted.attachments[0].data)) as image:
+            assert image.format == "PNG" and min(image.size) >= 64
 
 
 async def test_reactions_on_results_are_ratings(running: Harness) -> None:

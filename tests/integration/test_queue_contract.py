@@ -274,12 +274,17 @@ async def test_complete_many_records_a_batch_and_a_lost_lease_loses_only_its_own
     await backend.make_claimable(stale)
     [retaken] = await other.claim("other")  # another engine has that job now
     assert retaken.id == stale.id
+    newer = JobResult([GeneratedImage(0, tiny_png(64, 64, "red"), 64, 64)], gpu_seconds=0.2)
+    assert await other.complete(retaken, newer)
 
     assert await engine.complete_many([(job, _result()) for job in claimed]) == [True, False, True]
+    # The stale engine's image never replaces the one recorded by the engine that held the lease.
+    await backend.settle()
+    assert ledger.image_path(backend.settings.images_dir, stale.id, 0).read_bytes() == tiny_png(64, 64, "red")
     for job in claimed:
         row = await backend.row(job.id)
         if job is stale:
-            assert (row.status, row.images) == (JobStatus.RUNNING, [])  # untouched: it belongs to "other"
+            assert (row.status, row.gpu_seconds) == (JobStatus.SUCCEEDED, 0.2)  # the newer result stands
         else:
             assert (row.status, row.gpu_seconds, len(row.images)) == (JobStatus.SUCCEEDED, 0.5, 1)
 
