@@ -31,3 +31,7 @@ class PolicyRefused(Refused):
 
 class NotFound(AtelierError):
     pass
+
+
+class Unavailable(AtelierError):
+    """A part Atelier needs is down (the queue's Redis, say); nothing was charged."""

@@ -97,9 +97,24 @@ def _print(value: Any, args: argparse.Namespace) -> None:
 def run_expand(args: argparse.Namespace) -> int:
     if not args.prompt and not args.eval:
         raise InvalidRequest("give a PROMPT or --eval FILE")
+    if args.prompt is not None and not args.prompt.strip():
+        raise InvalidRequest("the prompt is empty: describe the image you want")
     prompts: list[str] = []
+    unreadable: list[dict[str, Any]] = []
     if args.eval:
-        prompts = [line.strip() for line in Path(args.eval).read_text(encoding="utf-8").splitlines() if line.strip()]
+        try:
+            raw = Path(args.eval).read_bytes()
+        except OSError as error:
+            raise InvalidRequest(f"cannot read {args.eval}: {error.strerror}") from None
+        for number, line in enumerate(raw.splitlines(), start=1):
+            try:
+                text = line.decode("utf-8").strip()
+            except UnicodeDecodeError:
+                # One bad line is reported and skipped; the rest of the file is still evaluated.
+                unreadable.append({"line": number, "error": "not valid UTF-8"})
+                continue
+            if text:
+                prompts.append(text)
     service = ExpansionService(_config(args))
 
     async def expand(prompt: str) -> Expansion:
@@ -117,6 +132,7 @@ def run_expand(args: argparse.Namespace) -> int:
             latencies = [r.ms for r in results]
             return {
                 "results": [as_dict(r) for r in results],
+                "errors": unreadable,
                 "summary": {
                     "count": len(results),
                     "fallback_rate": round(sum(r.source == "fallback" for r in results) / max(1, len(results)), 3),

@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from bot.cli.wiring import Services, print_json, settings_from
@@ -112,6 +112,23 @@ async def _wait_for(
         await asyncio.sleep(0.1)
 
 
+# What an engine needs of this process's environment: where Python, the models and the GPU are, and
+# Atelier's own settings, but not the bot's secrets.
+_ENGINE_ENV_NAMES = {"PATH", "HOME", "USER", "LANG", "TMPDIR", "TZ", "PYTHONPATH", "VIRTUAL_ENV", "CI"}
+_ENGINE_ENV_PREFIXES = ("LC_", "HF_", "HUGGINGFACE_", "TRANSFORMERS_", "CUDA_", "NVIDIA_", "TORCH", "OMP_", "MKL_")
+_BOT_ONLY = {"ATELIER_DISCORD_TOKEN", "ATELIER_OWNER_IDS"}
+
+
+def engine_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    return {
+        name: value
+        for name, value in environ.items()
+        if name in _ENGINE_ENV_NAMES
+        or name.startswith(_ENGINE_ENV_PREFIXES)
+        or (name.startswith("ATELIER_") and name not in _BOT_ONLY)
+    }
+
+
 def spawn_engine(settings: Settings, *, idle_exit: float = 30.0) -> subprocess.Popen[bytes]:
     """An engine of our own that exits once the queue has been idle a while."""
     logs = settings.data_dir / "logs"
@@ -119,6 +136,6 @@ def spawn_engine(settings: Settings, *, idle_exit: float = 30.0) -> subprocess.P
     command = [sys.executable, "-m", "engine", "--idle-exit", str(idle_exit)]
     if settings.tiny:
         command.append("--tiny")
-    env = {**os.environ, "ATELIER_DATA_DIR": str(settings.data_dir)}
+    env = {**engine_environment(os.environ), "ATELIER_DATA_DIR": str(settings.data_dir)}
     with open(logs / "engine.log", "ab") as log_file:
         return subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True)

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bot.cli.wiring import Services, settings_from
+from bot.errors import AtelierError, InvalidRequest
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +47,7 @@ def cmd_bot(args: argparse.Namespace) -> int:
     if args.sync:
         settings.sync_commands = True
     if settings.discord_token is None:
-        log.error("ATELIER_DISCORD_TOKEN is not set")
-        return 2
+        raise InvalidRequest("ATELIER_DISCORD_TOKEN is not set")
     settings.ensure_dirs()
     upgrade_sync(settings.db_url)
 
@@ -60,5 +60,34 @@ def cmd_bot(args: argparse.Namespace) -> int:
         finally:
             await services.close()
 
-    asyncio.run(main())
+    import discord
+
+    try:
+        asyncio.run(main())
+    except (discord.LoginFailure, discord.PrivilegedIntentsRequired, discord.ConnectionClosed) as error:
+        raise gateway_failure(error) from None
     return 0
+
+
+# Discord's gateway close codes after which reconnecting cannot help (discord-api-docs, Gateway close event codes).
+FATAL_CLOSE_CODES = {
+    4004: "authentication failed: check ATELIER_DISCORD_TOKEN",
+    4010: "invalid shard",
+    4011: "sharding required: the bot is in too many servers for one connection",
+    4012: "invalid API version",
+    4013: "invalid intents",
+    4014: "disallowed intents: enable the intents Atelier asks for in the Developer Portal",
+}
+
+
+def gateway_failure(error: Exception) -> AtelierError:
+    """One line for an operator from what ended the bot's connection to Discord."""
+    import discord
+
+    if isinstance(error, discord.LoginFailure):
+        return InvalidRequest("Discord refused the bot token: check ATELIER_DISCORD_TOKEN")
+    if isinstance(error, discord.PrivilegedIntentsRequired):
+        return InvalidRequest(f"Discord closed the connection (4014): {FATAL_CLOSE_CODES[4014]}")
+    code = getattr(error, "code", None)
+    meaning = FATAL_CLOSE_CODES.get(code, "see Discord's gateway close codes")  # type: ignore[arg-type]
+    return AtelierError(f"Discord closed the connection ({code}): {meaning}")

@@ -59,7 +59,7 @@ class AdminService:
                 raise InvalidRequest(f"{name} must be 0 or more (or -1 for unlimited).")
         if user_id is not None and role_id is not None:
             raise InvalidRequest("Set a quota for a member or for a role, not both at once.")
-        values = {k: (None if v == -1 else v) for k, v in given.items()}
+        values = given  # -1 is stored as is: unlimited here, whatever the server default says
         async with self.db.transaction() as session:
             guild = await self._guild(session, guild_id)
             if user_id is None and role_id is None:

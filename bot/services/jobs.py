@@ -9,12 +9,12 @@ import uuid
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from bot.config import Settings
 from bot.db.models import Guild, Job, Member, ModerationEvent, Usage
-from bot.errors import InvalidRequest, NotFound, PolicyRefused
+from bot.errors import InvalidRequest, NotFound, PolicyRefused, Unavailable
 from bot.services.expansion import Expansion
 from bot.services.inline import parse_aspect, parse_inline, size_for_aspect
 from bot.services.models import profile_for
@@ -22,6 +22,7 @@ from bot.services.moderation import check_prompt
 from bot.services.quota import QuotaService
 from bot.services.records import JobRecord
 from engine.contract import SEED_LIMIT, JobKind, JobQueue, JobSpec, JobStatus, QueuedJob, image_seed, utcnow
+from engine.queue import ledger
 from engine.queue.database import Database
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,10 @@ def _first(*values: Any) -> Any:
     return next((v for v in values if v is not None), None)
 
 
+def _has_lone_surrogates(text: str) -> bool:
+    return any("\ud800" <= ch <= "\udfff" for ch in text)
+
+
 def parse_size(text: str) -> tuple[int, int]:
     """``512``, ``512x768`` or ``768×512`` → (width, height)."""
     cleaned = text.lower().replace("×", "x").replace(" ", "")
@@ -111,7 +116,8 @@ def parse_size(text: str) -> tuple[int, int]:
             return int(parts[0]), int(parts[1])
     except ValueError:
         pass
-    raise InvalidRequest(f"Size “{text}” is not WIDTHxHEIGHT, for example 512x768.")
+    shown = text if len(text) <= 20 else text[:20] + "…"  # an error is one short line, never the input echoed
+    raise InvalidRequest(f"Size “{shown}” is not WIDTHxHEIGHT, for example 512x768.")
 
 
 class JobService:
@@ -133,6 +139,9 @@ class JobService:
         the member's /settings, the server's settings, the model's defaults.
         """
         preferences = preferences or {}
+        if not request.prompt.isprintable() and _has_lone_surrogates(request.prompt):
+            # Undecodable bytes (a broken paste): the tokenizer and the database would fail on them later.
+            raise InvalidRequest("The prompt has characters that are not valid text; type or paste it again.")
         inline = parse_inline(request.prompt)
         prompt = inline.prompt
         if not prompt:
@@ -255,9 +264,26 @@ class JobService:
             await session.flush()
             record = JobRecord.of(job)
             to_publish = queued(job)
-        await self.queue.publish(to_publish)
+        await self._publish_or_undo(to_publish)
         log.info("queued job %s for user %s in guild %s", job_id, request.user_id, request.guild_id)
         return record
+
+    async def _publish_or_undo(self, job: QueuedJob) -> None:
+        """Send the committed job to the engines; if the queue cannot take it (Redis down), the job ends
+        as failed with its quota given back, and the member is told: never stored, charged and lost."""
+        try:
+            await self.queue.publish(job)
+        except Exception as error:
+            log.error("could not queue job %s: %s", job.id, error)
+            async with self.db.transaction() as session:
+                await ledger.record_failure(
+                    session, job.id, f"the queue is unavailable: {error}"[:500], lease_owner=None, retryable=False
+                )
+                # The member hears it now, from the refusal below: no "failed" post from the delivery loop.
+                await session.execute(update(Job).where(Job.id == job.id).values(delivered_at=utcnow()))
+            raise Unavailable(
+                "The image queue is unavailable right now; nothing was charged. Try again soon."
+            ) from None
 
     async def _expand(self, request: ImagineRequest, guild: Guild | None, resolved: Resolved) -> Expansion:
         spec = resolved.spec

@@ -32,14 +32,16 @@ class Verdict:
 
 
 def check_prompt(text: str, *, banned_words: Iterable[str] = (), nsfw_allowed: bool = False) -> Verdict:
-    folded = _normalise(text) + " " + text.lower()
+    folded = _normalise(text) + " " + text.casefold()
     for pattern in BUILTIN_PATTERNS:
         if re.search(pattern, folded):
             return Verdict(False, "This request is not allowed here.")
-    for word in banned_words:
-        word = word.strip().lower()
-        if word and re.search(rf"(?<!\w){re.escape(word)}(?!\w)", folded):
-            return Verdict(False, f"This server does not allow “{word}” in prompts.")
+    for listed in banned_words:
+        # Both sides folded: a "CRÈME" ban catches "creme", and a "CREME" ban catches "Crème".
+        word = listed.strip()
+        variants = {w for w in (_normalise(word), word.casefold()) if w}
+        if any(re.search(rf"(?<!\w){re.escape(w)}(?!\w)", folded) for w in variants):
+            return Verdict(False, f"This server does not allow “{word[:50]}” in prompts.")
     if not nsfw_allowed:
         for pattern in NSFW_PATTERNS:
             if re.search(pattern, folded):

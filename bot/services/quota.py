@@ -17,9 +17,13 @@ from engine.contract import JobStatus, utcnow
 log = logging.getLogger(__name__)
 
 
+UNLIMITED = -1
+
+
 @dataclass(frozen=True)
 class Budget:
-    """None means unlimited."""
+    """None means unlimited. In the stored rows (Guild, Quota) None means "not set here: inherit" and
+    UNLIMITED (-1) means unlimited, so an override can lift a server default."""
 
     images_per_day: int | None = None
     compute_per_day: float | None = None
@@ -28,7 +32,9 @@ class Budget:
 
     def merged_with(self, override: Quota | Guild) -> Budget:
         values = {f.name: getattr(override, f.name) for f in fields(self)}
-        return Budget(**{k: v if v is not None else getattr(self, k) for k, v in values.items()})
+        return Budget(
+            **{k: getattr(self, k) if v is None else None if v == UNLIMITED else v for k, v in values.items()}
+        )
 
 
 def _more_generous(a: Budget, b: Budget) -> Budget:

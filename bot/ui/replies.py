@@ -6,6 +6,7 @@ import logging
 
 import discord
 
+from bot.errors import InvalidRequest
 from bot.services.jobs import ImagineRequest
 
 log = logging.getLogger(__name__)
@@ -44,4 +45,7 @@ def member_context(interaction: discord.Interaction) -> dict[str, object]:
 
 
 def request_from(interaction: discord.Interaction, prompt: str, **options: object) -> ImagineRequest:
+    if interaction.guild_id is None:
+        # Quotas, policy and ratings are per server: a direct message has none to charge or apply.
+        raise InvalidRequest("Atelier works in servers; use it in a channel of one.")
     return ImagineRequest(prompt=prompt, **member_context(interaction), **options)  # type: ignore[arg-type]

@@ -370,3 +370,20 @@ async def test_a_fatal_close_code_ends_the_client(world: Any) -> None:
     async with asyncio.timeout(10):
         while not client.is_closed():
             await asyncio.sleep(0.02)
+
+
+async def test_atelier_bot_turns_a_fatal_close_into_one_line(world: Any) -> None:
+    from bot.cli.serve import gateway_failure
+    from bot.errors import InvalidRequest
+
+    sim, _, client = world
+    await sim.close_gateway(4004)
+    async with asyncio.timeout(10):
+        while not client.is_closed():
+            await asyncio.sleep(0.02)
+    closed = discord.ConnectionClosed(None, shard_id=None, code=4004)  # type: ignore[arg-type]
+    assert (
+        str(gateway_failure(closed))
+        == "Discord closed the connection (4004): authentication failed: check ATELIER_DISCORD_TOKEN"
+    )
+    assert isinstance(gateway_failure(discord.LoginFailure("Improper token")), InvalidRequest)

@@ -143,10 +143,14 @@ def test_the_cli_expands_and_benchmarks_with_the_tiny_model(
     assert single["source"] == "fallback" and single["model_prompt"].startswith(f"{PROMPT}, anime style")
 
     requests = tmp_path / "requests.txt"
-    requests.write_text(f"{PROMPT}\n\n一只黑猫坐在窗台上\n", encoding="utf-8")
+    requests.write_bytes(f"{PROMPT}\n\n一只黑猫坐在窗台上\n".encode() + b"caf\xe9 latte\n")
     assert run_expand(parser.parse_args(["--eval", str(requests), *data])) == 0
     evaluation = json.loads(capsys.readouterr().out)
     assert evaluation["summary"]["count"] == 2 and evaluation["summary"]["fallback_rate"] == 1.0
+    assert evaluation["errors"] == [{"line": 4, "error": "not valid UTF-8"}]  # reported, the rest evaluated
+
+    assert main(["expand", "   ", *data]) == 2
+    assert capsys.readouterr().err.startswith("error: the prompt is empty")
     assert {"p50_ms", "p95_ms"} <= set(evaluation["summary"])
 
     # Through the command's entry point, where errors become exit codes: one line, exit 2.

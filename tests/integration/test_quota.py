@@ -100,6 +100,18 @@ async def test_most_generous_role_wins_and_a_member_override_beats_roles(service
     assert shown["limits"]["images_per_day"] == 1
 
 
+async def test_minus_one_lifts_the_server_default_for_a_member(services: Services) -> None:
+    await services.admin.set_quota(guild_id=GUILD, actor_id=1, images_per_day=1)
+    await services.admin.set_quota(guild_id=GUILD, actor_id=1, user_id=USER, images_per_day=-1)
+    shown = await services.admin.show_quota(guild_id=GUILD, user_id=USER)
+    assert shown["limits"]["images_per_day"] is None  # unlimited, not "not set"
+    for _ in range(3):
+        await services.jobs.submit(ImagineRequest("a fox", guild_id=GUILD, user_id=USER, count=1))
+    with pytest.raises(QuotaExceeded):  # others still have the server's one a day
+        for _ in range(2):
+            await services.jobs.submit(ImagineRequest("a fox", guild_id=GUILD, user_id=USER + 1, count=1))
+
+
 async def test_concurrent_job_cap_and_cooldown(services: Services) -> None:
     await services.admin.set_quota(guild_id=GUILD, actor_id=1, max_concurrent=1)
     await services.jobs.submit(ImagineRequest("a fox", guild_id=GUILD, user_id=USER, count=1))
@@ -119,6 +131,7 @@ async def test_invalid_and_refused_requests_leave_nothing_behind(services: Servi
         (ImagineRequest("a fox", guild_id=GUILD, user_id=USER, count=1, steps=0), InvalidRequest),
         (ImagineRequest("a fox --seed -4", guild_id=GUILD, user_id=USER, count=1), InvalidRequest),
         (ImagineRequest("a sad clown", guild_id=GUILD, user_id=USER, count=1), PolicyRefused),
+        (ImagineRequest("a fox \udcff in the snow", guild_id=GUILD, user_id=USER, count=1), InvalidRequest),
     ]:
         with pytest.raises(error):
             await services.jobs.submit(request)
@@ -135,3 +148,24 @@ async def test_banned_member_is_refused_and_admin_changes_are_audited(services: 
     await services.jobs.submit(ImagineRequest("a fox", guild_id=GUILD, user_id=USER, count=1))
     actions = [entry.action for entry in await services.admin.audit_log(GUILD)]
     assert actions == ["unban", "ban"]
+
+
+async def test_a_queue_that_cannot_take_the_job_charges_nothing(settings) -> None:  # type: ignore[no-untyped-def]
+    from bot.errors import Unavailable
+    from bot.services.records import JobRecord
+    from migrations import upgrade
+
+    down = settings.model_copy(update={"queue_url": "redis://127.0.0.1:1/0"})  # nothing listens there
+    await upgrade(down.db_url)
+    services = Services.create(down, expander=None)
+    try:
+        with pytest.raises(Unavailable, match="nothing was charged"):
+            await services.jobs.submit(ImagineRequest("a fox", guild_id=GUILD, user_id=USER, count=1))
+        shown = await services.admin.show_quota(guild_id=GUILD, user_id=USER)
+        assert shown["used_images"] == 0
+        async with services.db.sessions() as session:
+            [job] = (await session.execute(select(Job))).scalars().all()
+            record = JobRecord.of(job)
+        assert record.status == JobStatus.FAILED and "queue is unavailable" in (record.error or "")
+    finally:
+        await services.close()

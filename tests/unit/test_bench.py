@@ -64,3 +64,12 @@ def test_a_burst_is_one_batch_key_with_a_seed_per_image() -> None:
         model="m", arch="tiny", width=64, height=64, steps=2, guidance=0.0, requests=6, distinct_prompts=2
     )
     assert len({job.model_prompt for job in shared.jobs()}) == 2
+
+
+def test_an_engine_started_by_the_cli_gets_no_bot_secrets() -> None:
+    from bot.cli.imagine import engine_environment
+
+    env = engine_environment(
+        {"PATH": "/bin", "ATELIER_DISCORD_TOKEN": "secret", "ATELIER_DATA_DIR": "/d", "HF_HOME": "/h", "AWS_KEY": "k"}
+    )
+    assert env == {"PATH": "/bin", "ATELIER_DATA_DIR": "/d", "HF_HOME": "/h"}

@@ -25,3 +25,9 @@ def test_nsfw_needs_the_policy_and_an_nsfw_channel() -> None:
 
 def test_lookalike_characters_do_not_slip_through() -> None:
     assert not check_prompt("ｎｕｄｅ portrait").allowed
+
+
+def test_accents_are_folded_on_both_sides_of_a_server_word() -> None:
+    assert not check_prompt("Crème brûlée", banned_words=["CREME"]).allowed
+    assert not check_prompt("creme brulee", banned_words=["CRÈME"]).allowed
+    assert check_prompt("cream", banned_words=["CRÈME"]).allowed
