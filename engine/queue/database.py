@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 30_000
+WRITE_OPTION = "atelier_write"
 
 
 def create_engine(url: str) -> AsyncEngine:
@@ -40,9 +41,12 @@ def create_engine(url: str) -> AsyncEngine:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(connection) -> None:  # type: ignore[no-untyped-def]
-        # IMMEDIATE takes the write lock up front, so claim and quota checks are serialised
-        # across processes and every writer waits on busy_timeout rather than erroring.
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # A write transaction takes the write lock up front (IMMEDIATE), so claim and quota checks are
+        # serialised across processes and every writer waits on busy_timeout rather than erroring. A
+        # reader never takes it: in WAL mode it reads a snapshot while a writer works, so `atelier
+        # export` or /stats never wait for (or fail on) an engine's writes.
+        writing = connection.get_execution_options().get(WRITE_OPTION, False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if writing else "BEGIN")
 
     return engine
 
@@ -54,6 +58,9 @@ class Database:
         self.url = url
         self.engine = create_engine(url)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        self._writing = async_sessionmaker(
+            self.engine.execution_options(**{WRITE_OPTION: True}), expire_on_commit=False
+        )
         self._write_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
             weakref.WeakKeyDictionary()
         )
@@ -73,7 +80,7 @@ class Database:
         async with lock:
             self._writers[lock] = task
             try:
-                async with self.sessions() as session, session.begin():
+                async with self._writing() as session, session.begin():
                     yield session
             finally:
                 del self._writers[lock]

@@ -60,7 +60,7 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -71,7 +71,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy import select
 
 from engine.background import wait_for_event
-from engine.contract import ClaimedJob, GeneratedImage, JobResult, JobSpec, LeaseState, QueuedJob
+from engine.contract import ClaimedJob, GeneratedImage, JobResult, JobSpec, JobStatus, LeaseState, QueuedJob, utcnow
 from engine.queue import ledger
 
 if TYPE_CHECKING:
@@ -96,6 +96,8 @@ BACKOFF_SECONDS = 2.0
 # An image-to-image job's init image travels with it, as PNG bytes in this field of its stream entry.
 INIT_IMAGE_FIELD = "init_image_png"
 UNAVAILABLE_LOG_SECONDS = 30.0
+# How often a bot's pump compares its ledger with Redis (see republish_lost): a backstop, not a poll.
+RECONCILE_SECONDS = 60.0
 LUA_DIR = Path(__file__).with_name("lua")
 
 
@@ -225,12 +227,16 @@ class RedisQueue:
         consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         group_ready = False
         last_reclaim = 0.0
+        last_reconcile = time.monotonic()
         while stop is None or not stop.is_set():
             try:
                 if not group_ready:
                     await self._ensure_group(results, BOTS)
                     group_ready = True
                 entries: list[tuple[Any, dict[bytes, bytes]]] = []
+                if time.monotonic() - last_reconcile >= RECONCILE_SECONDS:
+                    last_reconcile = time.monotonic()
+                    await self.republish_lost()
                 if time.monotonic() - last_reclaim >= self.results_reclaim_ms / 2000:
                     last_reclaim = time.monotonic()
                     reclaimed = await self.redis.xautoclaim(
@@ -251,6 +257,36 @@ class RedisQueue:
             except Exception:
                 log.exception("results pump pass failed")
                 await asyncio.sleep(1.0)
+
+    async def republish_lost(self, *, grace_seconds: float = 60.0) -> list[str]:
+        """Publish again the open jobs of the ledger that Redis no longer holds, as after a restart of a
+        Redis without persistence; they would otherwise stay "queued" or "running" for ever. Jobs newer
+        than ``grace_seconds`` are left alone: their publish may still be on its way."""
+        held: set[str] = set()
+        for model in [_text(m) for m in await self.redis.smembers(self._key("models"))]:
+            for member in [_text(m) for m in await self.redis.smembers(self._key("members", model))]:
+                for _, fields in await self.redis.xrange(self._key("q", model, member)):
+                    held.add(_text(fields[b"job_id"]))
+        cutoff = utcnow() - timedelta(seconds=grace_seconds)
+        open_statuses = [JobStatus.QUEUED, JobStatus.RUNNING]
+        query = select(
+            *ledger.SPEC_COLUMNS,
+            ledger.jobs.c.id,
+            ledger.jobs.c.user_id,
+            ledger.jobs.c.attempts,
+            ledger.jobs.c.max_attempts,
+            ledger.jobs.c.created_at,
+            ledger.jobs.c.status,
+        ).where(ledger.jobs.c.status.in_(open_statuses), ledger.jobs.c.created_at <= cutoff)
+        async with self._database().sessions() as session:
+            rows = (await session.execute(query)).all()
+        lost = [row for row in rows if row.id not in held]
+        for row in lost:
+            log.warning("job %s is %s in the ledger but not in Redis; publishing it again", row.id, row.status)
+            await self.publish(
+                QueuedJob(row.id, row.user_id, ledger.spec_of(row), row.attempts, row.max_attempts, row.created_at)
+            )
+        return [row.id for row in lost]
 
     async def pump_pending(self) -> int:
         """Apply every event already reported, then return how many there were: a pump that ends

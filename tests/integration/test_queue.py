@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from bot.config import Settings
 from bot.db.models import Job
@@ -71,3 +71,19 @@ async def test_a_transaction_opened_inside_another_fails_at_once_instead_of_wait
                 pass
     async with database.transaction() as session:  # the lock was given back
         await session.execute(select(Job.id))
+
+
+async def test_a_reader_never_waits_for_a_writer_in_another_connection(database: Database, settings: Settings) -> None:
+    """`atelier export` and /stats read while engines write: they read a snapshot, and never take (or
+    wait for) the write lock, whose busy timeout is 30 s."""
+    job_id = await add_job(database)
+    writer = Database(settings.db_url)
+    try:
+        async with writer.transaction() as session:  # holds the write lock until the block ends
+            await session.execute(update(Job).where(Job.id == job_id).values(error="being written"))
+            async with asyncio.timeout(5):
+                async with database.sessions() as reading:
+                    row = await reading.get(Job, job_id)
+            assert row is not None and row.error is None  # the last committed state
+    finally:
+        await writer.dispose()

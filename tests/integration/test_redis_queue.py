@@ -358,3 +358,20 @@ async def test_an_idle_engine_wakes_when_a_job_is_published(queues: Any, databas
     await asyncio.sleep(0.05)
     stop.set()
     await asyncio.wait_for(waiting, 10)
+
+
+async def test_jobs_a_restarted_redis_forgot_are_published_again(
+    queues: Any, database: Database, redis_url: str
+) -> None:
+    bot, engine = queues(bot=True), queues()
+    waiting = await _published(bot, database, user_id=1, age_seconds=120)
+    running = await _published(bot, database, user_id=2, age_seconds=110)
+    [claimed] = await engine.claim("w", limit=1)
+    await _pump_until(bot, database, [claimed.id], {"running"})
+    assert await bot.republish_lost() == []  # Redis holds both: nothing to do
+
+    client = aioredis.from_url(redis_url)
+    await client.flushall()  # a restart of a Redis that persists nothing
+    await client.aclose()
+    assert sorted(await bot.republish_lost()) == sorted([waiting, running])
+    assert {job.id for job in await engine.claim("w2", limit=2)} == {waiting, running}
