@@ -132,3 +132,27 @@ async def test_a_queued_job_is_not_edited_while_nothing_a_member_sees_changes(ha
         await asyncio.sleep(1.0)  # about twenty progress passes
         after = len(harness.sim.calls_to(f"/webhooks/{harness.sim.application_id}/{interaction.token}", "PATCH"))
         assert after - before <= 1
+
+
+async def test_ratings_given_while_the_gateway_was_down_arrive_on_resume(running: Harness) -> None:
+    from bot.db.models import Rating
+
+    interaction = await running.member.slash("imagine", prompt="a lighthouse at night")
+    result = await interaction.wait_followup(_is_result)
+    async with asyncio.timeout(10):
+        while await running.bot.delivery.job_for_message(result.id) is None:  # type: ignore[union-attr]
+            await asyncio.sleep(0.05)
+    await running.sim.close_gateway(4000)  # "unknown error": discord.py reconnects and resumes
+    await running.admin.react(result, "⭐")  # Discord keeps it for the session and replays it
+    await running.sim.reconnect()  # and an op 7 on the resumed connection changes nothing either
+
+    async def stars() -> list[int]:
+        async with running.services.db.sessions() as session:  # type: ignore[union-attr]
+            return list((await session.execute(select(Rating.score))).scalars().all())
+
+    async with asyncio.timeout(30):
+        while await stars() != [5]:
+            await asyncio.sleep(0.05)
+    # The bot still answers commands after both.
+    again = await running.member.slash("imagine", prompt="a second lighthouse")
+    assert min(_decoded_size(await again.wait_followup(_is_result))) >= 64
