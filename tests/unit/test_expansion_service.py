@@ -233,3 +233,13 @@ async def test_a_server_that_chose_the_presets_gets_them_where_the_host_runs_the
     assert presets.source == "fallback" and model.calls == []  # the deterministic expander
     assert (await service.expand(PROMPT, seed=3)).source == "llm"  # another server's choice, not cached over
     await service.aclose()
+
+
+def test_a_long_request_is_cut_before_the_chat_model_sees_it() -> None:
+    from bot.services.expansion.service import MAX_LLM_REQUEST_CHARS
+
+    service = ExpansionService(ExpansionConfig(mode="llm"))
+    request = "一只在雪地里奔跑的红狐狸，" * 300  # 3,900 characters: past a small model's context in tokens
+    user = service.conversation(request, find_style("anime"))[1]["content"]
+    quoted = user.split("<request>", 1)[1].removesuffix("</request>")
+    assert quoted == quote_request(request[:MAX_LLM_REQUEST_CHARS])

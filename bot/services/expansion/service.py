@@ -66,6 +66,10 @@ MODES = ("llm", "presets", "raw")
 _SECOND_SEED_OFFSET = 0x9E3779B97F4A7C15
 
 
+# What of a member's request the chat model is shown: several times what the image model can read.
+MAX_LLM_REQUEST_CHARS = 400
+
+
 @dataclass(frozen=True)
 class Expansion:
     member_prompt: str  # the member's text as typed
@@ -273,6 +277,11 @@ class ExpansionService:
 
     def conversation(self, prompt: str, preset: StylePreset, *, needs_rendering: bool = False) -> list[dict[str, str]]:
         system = f"{SYSTEM_PROMPT} {RENDERING_HINT}" if needs_rendering else SYSTEM_PROMPT
+        if len(prompt) > MAX_LLM_REQUEST_CHARS:
+            # The image model reads 77 tokens; a longer request only pushes the chat model past its context
+            # (its output is then undefined). The member's whole text still leads the final prompt.
+            log.info("request of %d characters cut to %d for the LLM", len(prompt), MAX_LLM_REQUEST_CHARS)
+            prompt = prompt[:MAX_LLM_REQUEST_CHARS]
         return [
             {"role": "system", "content": system},
             {
