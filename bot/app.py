@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 import discord
@@ -37,6 +38,12 @@ INTERACTION_TOKEN_SECONDS = 14 * 60
 CONCURRENT_SENDS = 8
 
 
+def token_usable(created_at: datetime, now: datetime) -> bool:
+    """Discord's 15 minutes run from the interaction's creation (its snowflake), not from when the bot
+    began tracking the job: a job queued a while after the command has less time left."""
+    return (now - created_at).total_seconds() < INTERACTION_TOKEN_SECONDS
+
+
 @dataclass
 class PendingReply:
     """Who to answer for a queued job, and the status message to edit meanwhile: the interaction's own
@@ -50,8 +57,7 @@ class PendingReply:
 
     @property
     def usable(self) -> bool:
-        age = (discord.utils.utcnow() - self.interaction.created_at).total_seconds()
-        return age < INTERACTION_TOKEN_SECONDS
+        return token_usable(self.interaction.created_at, discord.utils.utcnow())
 
     async def show(self, text: str) -> None:
         if self.status_message is not None:

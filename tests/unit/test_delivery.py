@@ -98,3 +98,15 @@ def test_blur_removes_detail() -> None:
         pixels = np.asarray(blurred, dtype=np.float32)
     with Image.open(io.BytesIO(png)) as original:
         assert pixels.std() < np.asarray(original, dtype=np.float32).std() / 4
+
+
+def test_the_token_window_counts_from_the_interactions_creation() -> None:
+    from datetime import timedelta
+
+    import discord
+
+    from bot.app import token_usable
+
+    created = discord.utils.snowflake_time(discord.utils.time_snowflake(discord.utils.utcnow()))
+    assert token_usable(created, created + timedelta(minutes=13, seconds=59))
+    assert not token_usable(created, created + timedelta(minutes=14))  # a margin before Discord's 15
