@@ -28,7 +28,9 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m engine") -> in
     )
     for noisy in ("aiosqlite", "alembic.runtime.migration"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    from engine.config import EngineSettings
+    from pydantic import ValidationError
+
+    from engine.config import ConfigError, EngineSettings, one_line
     from engine.serve import serve
 
     overrides: dict[str, object] = {}
@@ -36,7 +38,14 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m engine") -> in
         overrides["tiny"] = True
     if args.data_dir:
         overrides["data_dir"] = Path(args.data_dir)
-    settings = EngineSettings(**overrides)  # type: ignore[arg-type]
+    try:
+        settings = EngineSettings(**overrides)  # type: ignore[arg-type]
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except ValidationError as error:
+        print(f"error: {one_line(error)}", file=sys.stderr)
+        return 2
     try:
         return asyncio.run(serve(settings, max_batch=args.max_batch, idle_exit_seconds=args.idle_exit))
     except KeyboardInterrupt:

@@ -8,6 +8,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -19,13 +20,32 @@ DEFAULT_MODEL = "stabilityai/sdxl-turbo"
 TINY_MODEL = "atelier/tiny-sd"
 
 
+class ConfigError(ValueError):
+    """A setting that cannot work, said in one line that names it."""
+
+
 class _TomlWithoutSecrets(TomlConfigSettingsSource):
-    """TOML files are shared and committed; the bot token must come from the environment only."""
+    """TOML files are shared and committed; the bot token must come from the environment only. A key
+    no setting has is a typo that would otherwise be ignored in silence."""
+
+    def __init__(self, settings_cls: type[BaseSettings], toml_file: Path) -> None:
+        super().__init__(settings_cls, toml_file=toml_file)
+        self.path = toml_file
 
     def __call__(self) -> dict[str, Any]:
         values = super().__call__()
         values.pop("discord_token", None)
+        unknown = sorted(set(values) - set(self.settings_cls.model_fields))
+        if unknown:
+            raise ConfigError(f"{self.path}: unknown setting {unknown[0]!r}")
         return values
+
+
+def one_line(error: ValidationError) -> str:
+    """pydantic's report of bad settings as one line: which setting, and what is wrong with it."""
+    first = error.errors()[0]
+    name = ".".join(str(part) for part in first["loc"]) or "settings"
+    return f"ATELIER_{name.upper()}: {first['msg']} (got {first.get('input')!r})"
 
 
 class EngineSettings(BaseSettings):
@@ -71,10 +91,21 @@ class EngineSettings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        toml_path = Path(os.environ.get("ATELIER_CONFIG", "atelier.toml"))
+        named = os.environ.get("ATELIER_CONFIG")
+        toml_path = Path(named or "atelier.toml")
+        if named and not toml_path.is_file():
+            raise ConfigError(f"ATELIER_CONFIG names {toml_path}, which is not a file")
         if toml_path.is_file():
             sources.append(_TomlWithoutSecrets(settings_cls, toml_file=toml_path))
         return tuple(sources)
+
+    @field_validator("queue_url")
+    @classmethod
+    def _known_queue(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("sqlite", "redis://", "rediss://", "unix://")):
+            # Anything else used to fall back to SQLite without a word.
+            raise ValueError("must be sqlite:///… or redis://… (unset: the SQLite database)")
+        return value
 
     @cached_property
     def db_url(self) -> str:

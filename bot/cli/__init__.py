@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 
+DISTRIBUTION = "atelier-discord"  # the name on the package index; the command is `atelier`
 EXIT_FAILED = 1
 EXIT_INVALID = 2
 EXIT_REFUSED = 3
@@ -17,14 +18,25 @@ EXIT_INTERRUPTED = 130
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--version"]:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            print(f"atelier {version(DISTRIBUTION)}")
+        except PackageNotFoundError:  # run from a checkout that was never installed
+            print("atelier (not installed)")
+        return 0
     if argv[:1] == ["engine"]:
         from engine.__main__ import main as engine_main
 
         return engine_main(argv[1:], prog="atelier engine")
     import logging
 
+    from pydantic import ValidationError
+
     from bot.cli.commands import build_parser
     from bot.errors import AtelierError, InvalidRequest, Refused
+    from engine.config import ConfigError, one_line
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -36,6 +48,12 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return int(args.func(args) or 0)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_INVALID
+    except ValidationError as error:
+        print(f"error: {one_line(error)}", file=sys.stderr)
+        return EXIT_INVALID
     except InvalidRequest as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_INVALID

@@ -1,0 +1,91 @@
+"""What an operator runs: backups that are safe while Atelier writes, and settings that fail at once
+with one line instead of being ignored."""
+
+from __future__ import annotations
+
+import asyncio
+from importlib.metadata import version
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, update
+
+from bot.cli import main
+from bot.db.models import Job
+from engine.queue.database import Database
+from migrations import upgrade
+from tests.factories import add_job
+
+
+async def _prompt(db_url: str, job_id: str) -> str | None:
+    database = Database(db_url)
+    try:
+        async with database.sessions() as session:
+            return (await session.execute(select(Job.member_prompt).where(Job.id == job_id))).scalar_one_or_none()
+    finally:
+        await database.dispose()
+
+
+async def test_backup_while_a_writer_works_then_restore_brings_that_state_back(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "data"
+    db_url = f"sqlite+aiosqlite:///{data / 'atelier.db'}"
+    await upgrade(db_url)
+    database = Database(db_url)
+    try:
+        job_id = await add_job(database, prompt="before the backup")
+        backup = tmp_path / "backups" / "atelier-1.db"
+        async with database.transaction() as session:  # a write in progress does not stop the backup
+            await session.execute(update(Job).where(Job.id == job_id).values(member_prompt="uncommitted"))
+            assert await asyncio.to_thread(main, ["backup", str(backup), "--data-dir", str(data)]) == 0
+        async with database.transaction() as session:
+            await session.execute(update(Job).where(Job.id == job_id).values(member_prompt="after the backup"))
+    finally:
+        await database.dispose()
+    assert await _prompt(f"sqlite+aiosqlite:///{backup}", job_id) == "before the backup"
+
+    assert await asyncio.to_thread(main, ["restore", str(backup), "--data-dir", str(data)]) == 0
+    assert await _prompt(db_url, job_id) == "before the backup"
+    capsys.readouterr()
+
+    assert await asyncio.to_thread(main, ["backup", str(backup), "--data-dir", str(data)]) == 2  # no overwrite
+    not_a_db = tmp_path / "notes.txt"
+    not_a_db.write_text("hello")
+    assert await asyncio.to_thread(main, ["restore", str(not_a_db), "--data-dir", str(data)]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"error: {not_a_db} is not an Atelier database"
+
+
+@pytest.mark.parametrize(
+    ("env", "toml", "expected"),
+    [
+        ({"ATELIER_QUEUE_URL": "amqp://localhost"}, None, "error: ATELIER_QUEUE_URL: Value error, must be sqlite"),
+        ({"ATELIER_LEASE_SECONDS": "soon"}, None, "error: ATELIER_LEASE_SECONDS: Input should be a valid number"),
+        ({}, "lease_secnds = 10\n", "unknown setting 'lease_secnds'"),
+        ({"ATELIER_CONFIG": "/nowhere/atelier.toml"}, None, "error: ATELIER_CONFIG names /nowhere/atelier.toml"),
+    ],
+    ids=["queue-url", "number", "toml-key", "missing-config"],
+)
+def test_a_setting_that_cannot_work_fails_at_once_with_one_line(
+    env: dict[str, str],
+    toml: str | None,
+    expected: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    if toml is not None:
+        config = tmp_path / "atelier.toml"
+        config.write_text(toml, encoding="utf-8")
+        monkeypatch.setenv("ATELIER_CONFIG", str(config))
+    for command in (["status", "--data-dir", str(tmp_path)], ["engine", "--tiny", "--data-dir", str(tmp_path)]):
+        assert main(command) == 2
+        [line] = capsys.readouterr().err.strip().splitlines()
+        assert expected in line
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"atelier {version('atelier-discord')}"
