@@ -41,6 +41,13 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> Non
     q.add_argument("--guild", type=int)
     p.set_defaults(func=_runs(_export))
 
+    p = sub.add_parser("prune", help="remove old images and uploads that no rating or pending job needs")
+    common(p)
+    p.add_argument("--older-than", required=True, help="an age such as 30d, 12h or 90m")
+    p.add_argument("--dry-run", action="store_true", help="say what would go, remove nothing")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_runs(_prune))
+
     p = sub.add_parser("status", help="queue depth, running jobs, engines alive")
     common(p)
     p.add_argument("--json", action="store_true")
@@ -75,6 +82,23 @@ async def _export(services: Services, args: argparse.Namespace) -> int:
 
     count = await export_ratings(services.db, Path(args.out), guild_id=args.guild)
     print(f"wrote {count} rated image(s) to {args.out}", file=sys.stderr)
+    return 0
+
+
+async def _prune(services: Services, args: argparse.Namespace) -> int:
+    from bot.services.prune import parse_age, prune
+
+    report = await prune(
+        services.db,
+        services.settings.data_dir / "uploads",
+        older_than=parse_age(args.older_than),
+        dry_run=args.dry_run,
+    )
+    if args.json:
+        print_json(report.to_dict())
+    else:
+        verb = "would free" if report.dry_run else "freed"
+        print(f"{verb} {report.bytes / 2**20:.1f} MiB in {report.files} file(s)")
     return 0
 
 

@@ -89,3 +89,74 @@ def test_a_setting_that_cannot_work_fails_at_once_with_one_line(
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--version"]) == 0
     assert capsys.readouterr().out.strip() == f"atelier {version('atelier-discord')}"
+
+
+async def test_prune_removes_only_what_nothing_needs_and_says_how_much(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+    import os
+    from datetime import timedelta
+
+    from bot.db.models import Image, Rating
+    from engine.contract import JobStatus, utcnow
+
+    data = tmp_path / "data"
+    db_url = f"sqlite+aiosqlite:///{data / 'atelier.db'}"
+    await upgrade(db_url)
+    database = Database(db_url)
+    old = utcnow() - timedelta(days=40)
+    files: dict[str, Path] = {}
+
+    async def finished_job(name: str, *, rated: bool = False, posted: bool = True, age: timedelta) -> None:
+        job_id = await add_job(database)
+        path = data / "images" / f"{name}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"\x89PNG" + b"\0" * 1000)
+        files[name] = path
+        async with database.transaction() as session:
+            await session.execute(
+                update(Job)
+                .where(Job.id == job_id)
+                .values(
+                    status=JobStatus.SUCCEEDED,
+                    finished_at=utcnow() - age,
+                    channel_id=5,
+                    message_id=9 if posted else None,
+                )
+            )
+            image = Image(job_id=job_id, index=0, path=str(path), width=8, height=8, size_bytes=1004, sha256="0" * 64)
+            session.add(image)
+            await session.flush()
+            if rated:
+                session.add(Rating(image_id=image.id, job_id=job_id, guild_id=1, user_id=2, emoji="⭐", score=5))
+
+    try:
+        await finished_job("old", age=timedelta(days=40))
+        await finished_job("rated", rated=True, age=timedelta(days=40))
+        await finished_job("unposted", posted=False, age=timedelta(days=40))
+        await finished_job("recent", age=timedelta(days=2))
+        upload = data / "uploads" / "member.png"
+        upload.parent.mkdir(parents=True)
+        upload.write_bytes(b"\0" * 500)
+        os.utime(upload, (old.timestamp(), old.timestamp()))
+        still_used = data / "uploads" / "in-queue.png"
+        still_used.write_bytes(b"\0" * 500)
+        os.utime(still_used, (old.timestamp(), old.timestamp()))
+        queued = await add_job(database)
+        async with database.transaction() as session:
+            await session.execute(update(Job).where(Job.id == queued).values(init_image=str(still_used)))
+    finally:
+        await database.dispose()
+
+    args = ["prune", "--older-than", "30d", "--json", "--data-dir", str(data)]
+    assert await asyncio.to_thread(main, [*args, "--dry-run"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"files": 2, "bytes": 1504, "dry_run": True}
+    assert files["old"].exists() and upload.exists()
+
+    assert await asyncio.to_thread(main, args) == 0
+    assert json.loads(capsys.readouterr().out) == {"files": 2, "bytes": 1504, "dry_run": False}
+    assert not files["old"].exists() and not upload.exists()
+    assert all(files[name].exists() for name in ("rated", "unposted", "recent")) and still_used.exists()
+
+    assert await asyncio.to_thread(main, ["prune", "--older-than", "soon", "--data-dir", str(data)]) == 2
