@@ -116,6 +116,7 @@ class AtelierBot(commands.Bot):
             BackgroundLoop(
                 self._deliver_pass, self.delivery_poll_seconds, name="atelier-delivery", ready=self.wait_until_ready
             ).start(),
+            BackgroundLoop(self._expire_pass, 60.0, name="atelier-expire", ready=self.wait_until_ready).start(),
             BackgroundLoop(
                 self._progress_pass,
                 self.progress_interval_seconds,
@@ -163,6 +164,10 @@ class AtelierBot(commands.Bot):
                 pending.status_gone = True  # the member deleted it: stop editing, still deliver
             except discord.HTTPException:
                 log.debug("progress edit failed for job %s", job_id, exc_info=True)
+
+    async def _expire_pass(self) -> None:
+        if self.settings.queued_ttl_seconds is not None:
+            await self.services.jobs.expire_queued(self.settings.queued_ttl_seconds)
 
     async def _deliver_pass(self) -> None:
         """Claim what is ready and post each in a task of its own, so one stuck job never delays another."""

@@ -19,3 +19,6 @@ class Settings(EngineSettings):
     default_images_per_day: int = 50
     max_side: int = 1024
     max_steps: int = 50
+    # A job no engine has taken after this long is cancelled and refunded, with a message, rather than
+    # left "Queued" for ever (no engine online for its model, say). None: never.
+    queued_ttl_seconds: float | None = 3600.0

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 import uuid
 from dataclasses import dataclass, replace
+from datetime import timedelta
 from typing import Any, Protocol
 
 from sqlalchemy import func, select, update
@@ -28,6 +30,7 @@ from engine.queue.database import Database
 log = logging.getLogger(__name__)
 
 MAX_PROMPT_CHARS = 1000
+ENGINE_CHECK_SECONDS = 5.0
 MAX_COUNT = 4
 MIN_SIDE = 64
 
@@ -85,6 +88,8 @@ class Progress:
     eta_seconds: float
     step: int | None
     steps: int
+    model: str = ""
+    engine_online: bool = True
 
     def describe(self) -> str:
         """What a member reads; it changes only when something they would notice does (the state, the
@@ -92,6 +97,8 @@ class Progress:
         if self.status == JobStatus.RUNNING:
             return f"🎨 Drawing… step {self.step or 0} of {self.steps}"
         minutes = round(self.eta_seconds / 60)
+        if not self.engine_online:
+            return f"⏳ Queued: position {self.position}; no engine online for model {self.model}"
         eta = f", about {minutes} min" if minutes >= 1 else ", under a minute" if self.eta_seconds >= 1 else ""
         return f"⏳ Queued: position {self.position}{eta}"
 
@@ -129,6 +136,7 @@ class JobService:
         self.queue = queue
         self.expander = expander
         self.quota = quota
+        self._engines_seen: dict[str, tuple[float, bool]] = {}
 
     def validate(
         self, request: ImagineRequest, guild: Guild | None, preferences: dict[str, Any] | None = None
@@ -457,9 +465,49 @@ class JobService:
                     )
                 )
             ).scalar_one()
+        online = job.status != JobStatus.QUEUED or await self._engine_online(job.model)
         return Progress(
-            job.status, int(ahead) + 1, (int(ahead) + 1) * float(recent or 0.0), job.progress_step, job.steps
+            job.status,
+            int(ahead) + 1,
+            (int(ahead) + 1) * float(recent or 0.0),
+            job.progress_step,
+            job.steps,
+            job.model,
+            online,
         )
+
+    async def _engine_online(self, model: str) -> bool:
+        """Whether a live engine serves ``model``, asked of the queue at most every few seconds: the
+        progress pass wants it for every waiting job, every second."""
+        now = time.monotonic()
+        known = self._engines_seen.get(model)
+        if known is None or now - known[0] > ENGINE_CHECK_SECONDS:
+            known = self._engines_seen[model] = (now, await self.queue.live_workers(model) > 0)
+        return known[1]
+
+    async def expire_queued(self, older_than_seconds: float) -> list[str]:
+        """Cancel (and refund) the jobs that have waited longer than that without an engine taking
+        them; the delivery loop then tells each member."""
+        cutoff = utcnow() - timedelta(seconds=older_than_seconds)
+        async with self.db.sessions() as session:
+            stale = (
+                (await session.execute(select(Job.id).where(Job.status == JobStatus.QUEUED, Job.created_at < cutoff)))
+                .scalars()
+                .all()
+            )
+        expired = []
+        for job_id in stale:
+            if await self.queue.cancel(job_id) == JobStatus.CANCELLED:
+                async with self.db.transaction() as session:
+                    await session.execute(
+                        update(Job)
+                        .where(Job.id == job_id)
+                        .values(error=f"no engine took it within {older_than_seconds / 60:.0f} minutes")
+                    )
+                expired.append(job_id)
+        if expired:
+            log.warning("cancelled %d job(s) no engine took in time", len(expired))
+        return expired
 
 
 def job_row(job_id: str, spec: JobSpec, **fields: Any) -> Job:

@@ -9,6 +9,7 @@ from sqlalchemy import func, select
 
 from bot.db.models import Job
 from bot.services.records import MAX_DELIVERY_ATTEMPTS
+from engine.contract import JobStatus
 from engine.queue import is_redis_url
 
 
@@ -26,4 +27,18 @@ async def queue_status(services: Any) -> dict[str, Any]:
                 )
             )
         ).scalar_one()
-    return {"backend": backend, **(await services.queue.status()), "undeliverable": undeliverable}
+        waiting = dict(
+            (
+                await session.execute(
+                    select(Job.model, func.count()).where(Job.status == JobStatus.QUEUED).group_by(Job.model)
+                )
+            ).all()
+        )
+    without_engine = {model: n for model, n in waiting.items() if await services.queue.live_workers(model) == 0}
+    return {
+        "backend": backend,
+        **(await services.queue.status()),
+        "undeliverable": undeliverable,
+        # Jobs that wait for a model no live engine serves: "no engine online for model X".
+        "waiting_without_engine": without_engine,
+    }

@@ -105,7 +105,10 @@ async def _read_images(job: JobRecord) -> list[bytes]:
 
 async def _reply_for(job: JobRecord, *, upload_limit: int, action: str = "show") -> Reply:
     if job.status != "succeeded":
-        reason = "was cancelled" if job.status == "cancelled" else f"failed: {(job.error or 'unknown error')[:300]}"
+        if job.status == "cancelled":
+            reason = f"was cancelled: {job.error}" if job.error and job.error != "cancelled" else "was cancelled"
+        else:
+            reason = f"failed: {(job.error or 'unknown error')[:300]}"
         return Reply(content=f"Your image for “{job.member_prompt[:200]}” {reason}. Nothing was charged.")
     if action == "withhold":
         return Reply(content=f"Your image for “{job.member_prompt[:200]}” was withheld by this server's image filter.")

@@ -160,3 +160,28 @@ async def test_prune_removes_only_what_nothing_needs_and_says_how_much(
     assert all(files[name].exists() for name in ("rated", "unposted", "recent")) and still_used.exists()
 
     assert await asyncio.to_thread(main, ["prune", "--older-than", "soon", "--data-dir", str(data)]) == 2
+
+
+async def test_a_job_no_engine_serves_says_so_and_is_cancelled_and_refunded_after_the_ttl(services) -> None:  # type: ignore[no-untyped-def]
+    from datetime import timedelta
+
+    from bot.services.jobs import ImagineRequest
+    from bot.services.status import queue_status
+    from engine.contract import utcnow
+
+    job = await services.jobs.submit(ImagineRequest("a fox", guild_id=1, user_id=2, count=1))
+    text = (await services.jobs.progress(job.id)).describe()
+    assert text.endswith(f"no engine online for model {job.model}")
+    assert (await queue_status(services))["waiting_without_engine"] == {job.model: 1}
+    await services.queue.heartbeat("engine-a", job.model)
+    services.jobs._engines_seen.clear()  # as if its few seconds of memory had passed
+    assert "no engine" not in (await services.jobs.progress(job.id)).describe()
+    assert (await queue_status(services))["waiting_without_engine"] == {}
+
+    assert await services.jobs.expire_queued(3600) == []  # not old enough yet
+    async with services.db.transaction() as session:
+        await session.execute(update(Job).where(Job.id == job.id).values(created_at=utcnow() - timedelta(hours=2)))
+    assert await services.jobs.expire_queued(3600) == [job.id]
+    ended = await services.jobs.get(job.id)
+    assert (ended.status, ended.error) == ("cancelled", "no engine took it within 60 minutes")
+    assert (await services.admin.show_quota(guild_id=1, user_id=2))["used_images"] == 0
