@@ -48,13 +48,10 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return int(args.func(args) or 0)
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_INVALID
     except ValidationError as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
         return EXIT_INVALID
-    except InvalidRequest as error:
+    except (ConfigError, InvalidRequest) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_INVALID
     except Refused as error:
