@@ -6,8 +6,8 @@ import uuid
 from datetime import timedelta
 
 from bot.db.models import Job, Usage
-from bot.services.jobs import queued
 from engine.contract import JobStatus, QueuedJob, utcnow
+from engine.queue import ledger
 from engine.queue.database import Database
 
 
@@ -57,7 +57,7 @@ async def queued_job(db: Database, job_id: str) -> QueuedJob:
     async with db.sessions() as session:
         job = await session.get(Job, job_id)
     assert job is not None
-    return queued(job)
+    return ledger.queued_of(job)
 
 
 def tiny_png(width: int = 64, height: int = 64, colour: str = "blue") -> bytes:

@@ -147,7 +147,7 @@ class JobService:
         the member's /settings, the server's settings, the model's defaults.
         """
         preferences = preferences or {}
-        if not request.prompt.isprintable() and _has_lone_surrogates(request.prompt):
+        if _has_lone_surrogates(request.prompt):
             # Undecodable bytes (a broken paste): the tokenizer and the database would fail on them later.
             raise InvalidRequest("The prompt has characters that are not valid text; type or paste it again.")
         inline = parse_inline(request.prompt)
@@ -271,7 +271,7 @@ class JobService:
             session.add(job)
             await session.flush()
             record = JobRecord.of(job)
-            to_publish = queued(job)
+            to_publish = ledger.queued_of(job)
         await self._publish_or_undo(to_publish)
         log.info("queued job %s for user %s in guild %s", job_id, request.user_id, request.guild_id)
         return record
@@ -385,7 +385,7 @@ class JobService:
             if usage is not None:
                 usage.refunded_at = None
             await session.flush()
-            record, to_publish = JobRecord.of(job), queued(job)
+            record, to_publish = JobRecord.of(job), ledger.queued_of(job)
         await self.queue.publish(to_publish)
         return record
 
@@ -522,9 +522,3 @@ def job_row(job_id: str, spec: JobSpec, **fields: Any) -> Job:
         images=[],  # a new job has none; set, so that reading them needs no lazy load
         **fields,
     )
-
-
-def queued(job: Job) -> QueuedJob:
-    """What a queue backend carries of a committed row."""
-    spec = JobSpec(**{name: getattr(job, name) for name in JobSpec.__dataclass_fields__})
-    return QueuedJob(job.id, job.user_id, spec, job.attempts, job.max_attempts, job.created_at)

@@ -25,7 +25,6 @@ from sqlalchemy import (
     DateTime,
     Float,
     Integer,
-    Row,
     String,
     and_,
     bindparam,
@@ -40,7 +39,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from engine.contract import GeneratedImage, JobResult, JobSpec, JobStatus, utcnow
+from engine.contract import GeneratedImage, JobResult, JobSpec, JobStatus, QueuedJob, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -106,13 +105,27 @@ workers = table(
 )
 
 SPEC_COLUMNS = [jobs.c[name] for name in JobSpec.__dataclass_fields__]
-# Retry back-off: 2 s, 4 s, 8 s … (the Redis backend uses the same).
+# Retry back-off: 2 s, 4 s, 8 s … for both backends.
 BACKOFF_SECONDS = 2.0
 
 
-def spec_of(row: Row[Any]) -> JobSpec:
-    """The JobSpec of a row selected with SPEC_COLUMNS."""
+def retry_backoff_seconds(attempt: int) -> float:
+    """How long a job that failed its ``attempt``-th try waits before the next."""
+    return BACKOFF_SECONDS * 2 ** (attempt - 1)
+
+
+def spec_of(row: Any) -> JobSpec:
+    """The JobSpec of a row selected with SPEC_COLUMNS (or of the bot's ORM object of the job)."""
     return JobSpec(**{name: getattr(row, name) for name in JobSpec.__dataclass_fields__})
+
+
+QUEUED_COLUMNS = [*SPEC_COLUMNS, jobs.c.id, jobs.c.user_id, jobs.c.attempts, jobs.c.max_attempts, jobs.c.created_at]
+
+
+def queued_of(row: Any) -> QueuedJob:
+    """What a queue backend carries of a committed job: a row selected with QUEUED_COLUMNS, or the bot's
+    ORM object of it."""
+    return QueuedJob(row.id, row.user_id, spec_of(row), row.attempts, row.max_attempts, row.created_at)
 
 
 def image_path(images_dir: Path, job_id: str, index: int) -> Path:
@@ -305,7 +318,7 @@ async def record_failure(
     elif retryable and attempts < row.max_attempts:
         values |= {
             "status": JobStatus.QUEUED,
-            "available_at": now + timedelta(seconds=BACKOFF_SECONDS * 2 ** (attempts - 1)),
+            "available_at": now + timedelta(seconds=retry_backoff_seconds(attempts)),
         }
         await session.execute(update(jobs).where(condition).values(**values))
         return JobStatus.QUEUED

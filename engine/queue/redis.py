@@ -91,8 +91,6 @@ CANCEL_TTL_SECONDS = 7 * 24 * 3600
 ERROR_TTL_SECONDS = 24 * 3600
 # Records of engines that stopped heartbeating stay listed (as not alive) this long, then go.
 DEAD_WORKER_SECONDS = 24 * 3600
-# Retry back-off, as in the SQLite backend: 2 s, 4 s, 8 s … (never longer than the lease).
-BACKOFF_SECONDS = 2.0
 # An image-to-image job's init image travels with it, as PNG bytes in this field of its stream entry.
 INIT_IMAGE_FIELD = "init_image_png"
 UNAVAILABLE_LOG_SECONDS = 30.0
@@ -269,23 +267,15 @@ class RedisQueue:
                     held.add(_text(fields[b"job_id"]))
         cutoff = utcnow() - timedelta(seconds=grace_seconds)
         open_statuses = [JobStatus.QUEUED, JobStatus.RUNNING]
-        query = select(
-            *ledger.SPEC_COLUMNS,
-            ledger.jobs.c.id,
-            ledger.jobs.c.user_id,
-            ledger.jobs.c.attempts,
-            ledger.jobs.c.max_attempts,
-            ledger.jobs.c.created_at,
-            ledger.jobs.c.status,
-        ).where(ledger.jobs.c.status.in_(open_statuses), ledger.jobs.c.created_at <= cutoff)
+        query = select(*ledger.QUEUED_COLUMNS, ledger.jobs.c.status).where(
+            ledger.jobs.c.status.in_(open_statuses), ledger.jobs.c.created_at <= cutoff
+        )
         async with self._database().sessions() as session:
             rows = (await session.execute(query)).all()
         lost = [row for row in rows if row.id not in held]
         for row in lost:
             log.warning("job %s is %s in the ledger but not in Redis; publishing it again", row.id, row.status)
-            await self.publish(
-                QueuedJob(row.id, row.user_id, ledger.spec_of(row), row.attempts, row.max_attempts, row.created_at)
-            )
+            await self.publish(ledger.queued_of(row))
         return [row.id for row in lost]
 
     async def pump_pending(self) -> int:
@@ -478,7 +468,7 @@ class RedisQueue:
         return [await self.complete(job, result) for job, result in results]
 
     async def fail(self, job: ClaimedJob, error: str, *, retryable: bool = True) -> str:
-        backoff_ms = int(min(BACKOFF_SECONDS * 2 ** (job.attempt - 1), self.settings.lease_seconds) * 1000)
+        backoff_ms = int(min(ledger.retry_backoff_seconds(job.attempt), self.settings.lease_seconds) * 1000)
         status = await self._fail(
             args=[
                 *_Lease.of(job).args(self.prefix),
