@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from PIL import Image as PILImage
-from sqlalchemy import or_, select, update
+from sqlalchemy import ColumnElement, and_, or_, select, update
 
 from bot.db.models import Guild, Image, Job
 from bot.services.records import MAX_DELIVERY_ATTEMPTS, JobRecord
@@ -97,6 +97,11 @@ def delivery_backoff(
     return (rng or random).uniform(bound / 2, bound)
 
 
+def undeliverable() -> ColumnElement[bool]:
+    """The jobs JobRecord.delivery calls "undeliverable": not posted, not being posted, out of tries."""
+    return and_(Job.message_id.is_(None), Job.delivered_at.is_(None), Job.delivery_attempts >= MAX_DELIVERY_ATTEMPTS)
+
+
 class DeliveryService:
     def __init__(
         self,
@@ -161,32 +166,30 @@ class DeliveryService:
                 await session.execute(
                     update(Job)
                     .where(Job.id == job_id)
-                    .values(delivery_attempts=Job.delivery_attempts + 1, delivery_error=error[:500] or None)
+                    .values(
+                        delivered_at=None,
+                        delivery_attempts=Job.delivery_attempts + 1,
+                        delivery_error=error[:500] or None,
+                    )
                     .returning(Job.delivery_attempts)
                 )
             ).scalar_one()
             if attempts >= MAX_DELIVERY_ATTEMPTS:
                 await ledger.refund(session, [job_id])
-                await session.execute(update(Job).where(Job.id == job_id).values(delivered_at=None))
                 log.warning("job %s is undeliverable after %d attempts: %s", job_id, attempts, error)
                 return "undeliverable"
             wait = delivery_backoff(attempts, base=self.backoff_base_seconds, cap=self.backoff_cap_seconds)
             await session.execute(
-                update(Job)
-                .where(Job.id == job_id)
-                .values(delivered_at=None, next_delivery_at=utcnow() + timedelta(seconds=wait))
+                update(Job).where(Job.id == job_id).values(next_delivery_at=utcnow() + timedelta(seconds=wait))
             )
         return "pending"
 
-    async def revive_undeliverable(self, job_ids: list[str] | None = None) -> int:
-        """Give undeliverable results (all, or these) a fresh set of tries: at bot start, or `jobs retry`."""
-        query = update(Job).where(
-            Job.delivered_at.is_(None), Job.message_id.is_(None), Job.delivery_attempts >= MAX_DELIVERY_ATTEMPTS
-        )
-        if job_ids is not None:
-            query = query.where(Job.id.in_(job_ids))
+    async def revive_undeliverable(self) -> int:
+        """Give undeliverable results a fresh set of tries (at bot start; `jobs retry` does it for one)."""
         async with self.db.transaction() as session:
-            result = await session.execute(query.values(delivery_attempts=0, next_delivery_at=None))
+            result = await session.execute(
+                update(Job).where(undeliverable()).values(delivery_attempts=0, next_delivery_at=None)
+            )
         return result.rowcount or 0
 
     async def delivered(self, job_id: str, message_id: int) -> None:

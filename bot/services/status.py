@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from bot.db.models import Job
-from bot.services.records import MAX_DELIVERY_ATTEMPTS
+from bot.services.delivery import undeliverable
 from engine.contract import JobStatus
 from engine.queue import is_redis_url
 
@@ -16,16 +16,8 @@ from engine.queue import is_redis_url
 async def queue_status(services: Any) -> dict[str, Any]:
     backend = "redis" if is_redis_url(services.settings.queue_url) else "sqlite"
     async with services.db.sessions() as session:
-        undeliverable = (
-            await session.execute(
-                select(func.count())
-                .select_from(Job)
-                .where(
-                    Job.message_id.is_(None),
-                    Job.delivered_at.is_(None),
-                    Job.delivery_attempts >= MAX_DELIVERY_ATTEMPTS,
-                )
-            )
+        undeliverable_count = (
+            await session.execute(select(func.count()).select_from(Job).where(undeliverable()))
         ).scalar_one()
         waiting = dict(
             (
@@ -34,11 +26,12 @@ async def queue_status(services: Any) -> dict[str, Any]:
                 )
             ).all()
         )
-    without_engine = {model: n for model, n in waiting.items() if await services.queue.live_workers(model) == 0}
+    queue = await services.queue.status()
+    served = {worker["model"] for worker in queue["workers"] if worker["alive"]}
     return {
         "backend": backend,
-        **(await services.queue.status()),
-        "undeliverable": undeliverable,
+        **queue,
+        "undeliverable": undeliverable_count,
         # Jobs that wait for a model no live engine serves: "no engine online for model X".
-        "waiting_without_engine": without_engine,
+        "waiting_without_engine": {model: n for model, n in waiting.items() if model not in served},
     }
