@@ -28,9 +28,7 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m engine") -> in
     )
     for noisy in ("aiosqlite", "alembic.runtime.migration"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    from pydantic import ValidationError
-
-    from engine.config import ConfigError, EngineSettings, one_line
+    from engine.config import ConfigError, EngineSettings
     from engine.serve import serve
 
     overrides: dict[str, object] = {}
@@ -42,9 +40,6 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m engine") -> in
         settings = EngineSettings(**overrides)  # type: ignore[arg-type]
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
-    except ValidationError as error:
-        print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
     try:
         return asyncio.run(serve(settings, max_batch=args.max_batch, idle_exit_seconds=args.idle_exit))

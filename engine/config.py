@@ -21,7 +21,7 @@ TINY_MODEL = "atelier/tiny-sd"
 
 
 class ConfigError(ValueError):
-    """A setting that cannot work, said in one line that names it."""
+    """A setting that cannot work, said in one line that names it: what building the settings raises."""
 
 
 class _TomlWithoutSecrets(TomlConfigSettingsSource):
@@ -50,6 +50,13 @@ def one_line(error: ValidationError) -> str:
 
 class EngineSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ATELIER_", extra="ignore")
+
+    def __init__(self, **values: Any) -> None:
+        # One kind of error for a setting that cannot work, whichever source it came from.
+        try:
+            super().__init__(**values)
+        except ValidationError as error:
+            raise ConfigError(one_line(error)) from None
 
     data_dir: Path = Path("data")
     # Models can live apart from the data (a shared volume, a read-only cache).

@@ -32,11 +32,9 @@ def main(argv: list[str] | None = None) -> int:
         return engine_main(argv[1:], prog="atelier engine")
     import logging
 
-    from pydantic import ValidationError
-
     from bot.cli.commands import build_parser
     from bot.errors import AtelierError, InvalidRequest, Refused
-    from engine.config import ConfigError, one_line
+    from engine.config import ConfigError
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -48,9 +46,6 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return int(args.func(args) or 0)
-    except ValidationError as error:
-        print(f"error: {one_line(error)}", file=sys.stderr)
-        return EXIT_INVALID
     except (ConfigError, InvalidRequest) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_INVALID
