@@ -345,10 +345,10 @@ async def test_reconnect_resumes_and_replays_what_was_missed(world: Any) -> None
     async with asyncio.timeout(20):
         while ("reaction", "⭐") not in client.seen:
             await asyncio.sleep(0.02)
-    assert client.readies == 1  # resumed, not identified again
+    assert client.readies == 1 and sim.resumes == 1  # resumed, not identified again
 
     await sim.reconnect()  # op 7
-    await asyncio.sleep(0.2)
+    await sim.wait_for(lambda: sim.resumes == 2, 20)
     await member.react(message, "❤")
     async with asyncio.timeout(20):
         while ("reaction", "❤") not in client.seen:

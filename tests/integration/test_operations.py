@@ -26,12 +26,21 @@ async def _prompt(db_url: str, job_id: str) -> str | None:
         await database.dispose()
 
 
+@pytest.fixture
+async def data(tmp_path: Path) -> Path:
+    """A data directory whose database is migrated, as `--data-dir` finds it."""
+    await upgrade(_db_url(tmp_path / "data"))
+    return tmp_path / "data"
+
+
+def _db_url(data: Path) -> str:
+    return f"sqlite+aiosqlite:///{data / 'atelier.db'}"
+
+
 async def test_backup_while_a_writer_works_then_restore_brings_that_state_back(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    data = tmp_path / "data"
-    db_url = f"sqlite+aiosqlite:///{data / 'atelier.db'}"
-    await upgrade(db_url)
+    db_url = _db_url(data)
     database = Database(db_url)
     try:
         job_id = await add_job(database, prompt="before the backup")
@@ -92,7 +101,7 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 async def test_prune_removes_only_what_nothing_needs_and_says_how_much(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    data: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     import json
     import os
@@ -101,10 +110,7 @@ async def test_prune_removes_only_what_nothing_needs_and_says_how_much(
     from bot.db.models import Image, Rating
     from engine.contract import JobStatus, utcnow
 
-    data = tmp_path / "data"
-    db_url = f"sqlite+aiosqlite:///{data / 'atelier.db'}"
-    await upgrade(db_url)
-    database = Database(db_url)
+    database = Database(_db_url(data))
     old = utcnow() - timedelta(days=40)
     files: dict[str, Path] = {}
 

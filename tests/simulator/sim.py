@@ -440,6 +440,7 @@ class DiscordSimulator:
         }
         self.invalid_requests = 0  # 401, 403 and 429 answers: Discord bans an IP past 10,000 in 10 minutes
         self.injected = 0  # of those and others, how many a test injected
+        self.resumes = 0  # sessions resumed (RESUME answered with RESUMED)
         self._faults: list[_Fault] = []
         self._buckets: dict[tuple[str, str], _Bucket] = {}
         self._global_window: list[float] = []
@@ -625,6 +626,8 @@ class DiscordSimulator:
                             await ws.send_str(json.dumps(event))
                         self._sockets.append(ws)
                         await self._send(ws, "RESUMED", {})
+                        self.resumes += 1
+                        await self._changed_notify()
                     else:
                         await ws.send_str(json.dumps({"op": 9, "d": False, "s": None, "t": None}))
         finally:
