@@ -8,17 +8,24 @@ PYTHON ?= python3
 TORCH_SPEC ?= torch==2.13.0
 BIN = $(VENV)/bin
 
-.PHONY: setup demo test lint bench redis-server
+.PHONY: setup demo test lint bench redis-server constraints
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# constraints.txt holds the exact versions the suite passed with; pyproject.toml only the ranges.
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first and pinned, so nothing below can pull a second, multi-gigabyte build of it.
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test]'
 	touch $@
+
+# After changing a dependency: install the new ranges without constraints, run the suite, then this.
+constraints:
+	{ echo "# Exact versions Atelier's suite passed with: pip install -c constraints.txt -e '.[test]'"; \
+	  echo "# Regenerate with: make constraints"; \
+	  $(BIN)/python -m pip freeze --exclude-editable | sed 's/+cpu$$//'; } > constraints.txt
 
 demo: setup
 	$(BIN)/atelier imagine "a lighthouse on a cliff at dusk" --tiny --json

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, SecretStr
 
 from engine.config import EngineSettings
@@ -12,9 +14,9 @@ class Settings(EngineSettings):
     owner_ids: list[int] = Field(default_factory=list)
     sync_commands: bool = False
 
-    expansion_mode: str = "presets"
+    expansion_mode: Literal["llm", "presets", "raw"] = "presets"
     expansion_model: str = "Qwen/Qwen2.5-1.5B-Instruct"
-    expansion_quantization: str = "nf4"
+    expansion_quantization: Literal["nf4", "int8", "none"] = "nf4"
 
     default_images_per_day: int = 50
     max_side: int = 1024

@@ -6,15 +6,24 @@ from datetime import datetime
 
 
 class AtelierError(Exception):
-    """Base: ``str(error)`` is shown to the member as is."""
+    """Base: ``str(error)`` is shown to the member as is. ``exit_code`` and ``label`` say how a command
+    ends on it (engine.exits maps every command's errors)."""
+
+    exit_code = 1
+    label = "error"
 
 
 class InvalidRequest(AtelierError):
     """The request's own options are wrong (size, steps, seed, empty prompt, unknown style…)."""
 
+    exit_code = 2
+
 
 class Refused(AtelierError):
     """A valid request that policy does not allow now (quota, cooldown, moderation, ban, channel)."""
+
+    exit_code = 3
+    label = "refused"
 
     def __init__(self, message: str, *, resets_at: datetime | None = None) -> None:
         super().__init__(message)

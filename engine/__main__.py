@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 from pathlib import Path
 
@@ -20,15 +19,14 @@ def build_parser(prog: str = "python -m engine") -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None, *, prog: str = "python -m engine") -> int:
-    args = build_parser(prog).parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    for noisy in ("aiosqlite", "alembic.runtime.migration"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    from engine.config import ConfigError, EngineSettings
+    from engine.exits import run_command
+
+    return run_command(lambda: _run(build_parser(prog).parse_args(argv)))
+
+
+def _run(args: argparse.Namespace) -> int:
+    from engine.config import EngineSettings
+    from engine.logs import configure_logging
     from engine.serve import serve
 
     overrides: dict[str, object] = {}
@@ -36,15 +34,9 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m engine") -> in
         overrides["tiny"] = True
     if args.data_dir:
         overrides["data_dir"] = Path(args.data_dir)
-    try:
-        settings = EngineSettings(**overrides)  # type: ignore[arg-type]
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    try:
-        return asyncio.run(serve(settings, max_batch=args.max_batch, idle_exit_seconds=args.idle_exit))
-    except KeyboardInterrupt:
-        return 130
+    settings = EngineSettings(**overrides)  # type: ignore[arg-type]
+    configure_logging("DEBUG" if args.verbose else settings.log_level or "INFO", settings.log_format)
+    return asyncio.run(serve(settings, max_batch=args.max_batch, idle_exit_seconds=args.idle_exit))
 
 
 if __name__ == "__main__":

@@ -4,9 +4,11 @@ reads (where the data lives, the queue, the model, the engine's own tuning). The
 from __future__ import annotations
 
 import os
+import re
+import tempfile
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ValidationError, field_validator
 from pydantic_settings import (
@@ -21,7 +23,9 @@ TINY_MODEL = "atelier/tiny-sd"
 
 
 class ConfigError(ValueError):
-    """A setting that cannot work, said in one line that names it: what building the settings raises."""
+    """A setting (or the machine it names) that cannot work, said in one line that names it."""
+
+    exit_code = 2  # engine.exits: fix the setting and run again
 
 
 class _TomlWithoutSecrets(TomlConfigSettingsSource):
@@ -68,7 +72,11 @@ class EngineSettings(BaseSettings):
     model: str = DEFAULT_MODEL
     tiny: bool = False
     device: str = "auto"
-    dtype: str = "auto"
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+
+    # None: each command's own default (INFO for the bot and the engine, WARNING for one-shot commands).
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] | None = None
+    log_format: Literal["text", "json"] = "text"
 
     # Queue: every timeout is named so operators can tune it without code changes.
     lease_seconds: float = 30.0
@@ -80,8 +88,9 @@ class EngineSettings(BaseSettings):
     # engine benchmark for how these were chosen).
     max_batch: int = 8
     batch_wait_ms: float = 50.0
-    # Prometheus metrics of an engine on this port; None keeps them off.
+    # Prometheus metrics of this process (the bot's or an engine's) on this port; None keeps them off.
     metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
 
     # An image-classification model (hub id or directory; "tiny" for the offline one) that scores
     # results for NSFW content. Off by default.
@@ -114,6 +123,18 @@ class EngineSettings(BaseSettings):
             raise ValueError("must be sqlite:///… or redis://… (unset: the SQLite database)")
         return value
 
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
+            raise ValueError("must be auto, cpu, cuda, cuda:N or mps")
+        return value
+
     @cached_property
     def db_url(self) -> str:
         return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'atelier.db'}"
@@ -131,5 +152,12 @@ class EngineSettings(BaseSettings):
         return TINY_MODEL if self.tiny else self.model
 
     def ensure_dirs(self) -> None:
-        self.images_dir.mkdir(parents=True, exist_ok=True)
-        self.models_dir.mkdir(parents=True, exist_ok=True)
+        """Create the data directories, or stop with one line when this user cannot write there."""
+        for setting, directory in (("ATELIER_DATA_DIR", self.images_dir), ("ATELIER_MODELS_PATH", self.models_dir)):
+            try:
+                directory.mkdir(parents=True, exist_ok=True)
+                # mkdir succeeds on a directory that exists read-only: only writing a file tells.
+                with tempfile.TemporaryFile(dir=directory):
+                    pass
+            except OSError as error:
+                raise ConfigError(f"{setting}: cannot write to {directory} ({error.strerror or error})") from None

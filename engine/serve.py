@@ -8,8 +8,8 @@ import os
 import signal
 
 from engine.compute import run_compute
-from engine.config import EngineSettings
-from engine.queue import is_redis_url, open_queue
+from engine.config import ConfigError, EngineSettings
+from engine.queue import check_reachable, is_redis_url, open_queue
 from engine.worker import EngineWorker, WorkerConfig
 from migrations import upgrade
 
@@ -20,7 +20,7 @@ def quiet_model_libraries() -> None:
     # Progress bars and advisory warnings from the model libraries drown the engine's own log.
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    # The hub's download progress bars stay: a first start fetches gigabytes and should show it.
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 
@@ -42,14 +42,32 @@ def load_pipeline(settings: EngineSettings):  # type: ignore[no-untyped-def]
     return ScoredPipeline(pipeline, SafetyClassifier(classifier_source, device=pipeline.device))
 
 
+def load_pipeline_or_stop(settings: EngineSettings):  # type: ignore[no-untyped-def]
+    """The model is loaded once, at start: one that cannot load stops the engine with one line, instead of
+    every job failing on it later."""
+    try:
+        return load_pipeline(settings)
+    except ConfigError:
+        raise
+    except Exception as error:
+        log.debug("loading %s failed", settings.image_model, exc_info=True)
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(f"ATELIER_MODEL: cannot load {settings.image_model!r}: {reason[:300]}") from None
+
+
 async def serve(
     settings: EngineSettings, *, max_batch: int | None = None, idle_exit_seconds: float | None = None
 ) -> int:
+    from engine.pipelines.registry import pick_device
+
+    # Everything that can be checked is checked before minutes of model loading, not after.
     settings.ensure_dirs()
+    pick_device(settings.device, settings.dtype)
+    await check_reachable(settings)
     if not is_redis_url(settings.queue_url):
         # The SQLite queue lives in the project's database; an engine on Redis needs none.
         await upgrade(settings.db_url)
-    pipeline = await run_compute(load_pipeline, settings)
+    pipeline = await run_compute(load_pipeline_or_stop, settings)
     queue = open_queue(settings)
     metrics_server = None
     if settings.metrics_port:

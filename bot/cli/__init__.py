@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import sys
 
+from engine.exits import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_REFUSED, run_command
+
+__all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_INVALID", "EXIT_REFUSED", "main"]
+
 DISTRIBUTION = "atelier-discord"  # the name on the package index; the command is `atelier`
-EXIT_FAILED = 1
-EXIT_INVALID = 2
-EXIT_REFUSED = 3
-EXIT_INTERRUPTED = 130
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,30 +30,13 @@ def main(argv: list[str] | None = None) -> int:
         from engine.__main__ import main as engine_main
 
         return engine_main(argv[1:], prog="atelier engine")
-    import logging
+    return run_command(lambda: _run(argv))
 
+
+def _run(argv: list[str]) -> int:
     from bot.cli.commands import build_parser
-    from bot.errors import AtelierError, InvalidRequest, Refused
-    from engine.config import ConfigError
+    from bot.cli.wiring import configure_logging_for
 
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    for noisy in ("aiosqlite", "alembic.runtime.migration", "httpx", "discord.gateway"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    try:
-        return int(args.func(args) or 0)
-    except (ConfigError, InvalidRequest) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_INVALID
-    except Refused as error:
-        print(f"refused: {error}", file=sys.stderr)
-        return EXIT_REFUSED
-    except AtelierError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_FAILED
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
+    configure_logging_for(args)
+    return int(args.func(args) or 0)

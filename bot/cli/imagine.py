@@ -41,10 +41,12 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> Non
 
 async def imagine(args: argparse.Namespace) -> int:
     from bot.services.jobs import ImagineRequest, parse_size
+    from engine.queue import check_reachable
     from migrations import upgrade
 
     settings = settings_from(args)
     settings.ensure_dirs()
+    await check_reachable(settings)
     await upgrade(settings.db_url)
     services = Services.create(settings)
     try:

@@ -52,6 +52,9 @@ def cmd_bot(args: argparse.Namespace) -> int:
     upgrade_sync(settings.db_url)
 
     async def main() -> None:
+        from engine.queue import check_reachable
+
+        await check_reachable(settings)
         services = Services.create(settings)
         bot = AtelierBot(settings, services)
         try:

@@ -78,6 +78,22 @@ class Services:
         await self.db.dispose()
 
 
+# Commands that run for hours log what they do; one-shot commands print their answer and stay quiet.
+LONG_RUNNING = ("bot", "engine")
+
+
+def configure_logging_for(args: argparse.Namespace) -> None:
+    from engine.logs import configure_logging
+
+    settings = settings_from(args)
+    if getattr(args, "verbose", False):
+        level: str | None = "DEBUG"
+    else:
+        level = settings.log_level or ("INFO" if args.command in LONG_RUNNING else "WARNING")
+    token = settings.discord_token.get_secret_value() if settings.discord_token else ""
+    configure_logging(level, settings.log_format, secrets=[token])
+
+
 def settings_from(args: argparse.Namespace) -> Settings:
     """The environment's settings with the command line's --tiny and --data-dir on top."""
     overrides: dict[str, Any] = {}
@@ -98,12 +114,16 @@ class NoExpansion:
 async def with_services(
     args: argparse.Namespace, action: Callable[[Services], Awaitable[int]], *, expander: Expander | None = None
 ) -> int:
-    """Migrate, build the services, run ``action`` with them, close them."""
-    from migrations import upgrade
+    """Build the services on a database at this Atelier's schema, run ``action`` with them, close them.
+    Commands other than migrate, bot, engine and imagine never change the schema: on an older database
+    they stop and say "run atelier migrate"."""
+    from engine.queue import check_reachable
+    from migrations import require_current
 
     settings = settings_from(args)
     settings.ensure_dirs()
-    await upgrade(settings.db_url)
+    await check_reachable(settings)
+    await require_current(settings.db_url)
     services = Services.create(settings, expander=expander or NoExpansion())
     try:
         return await action(services)

@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from engine.config import TINY_MODEL
+from engine.config import TINY_MODEL, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -21,11 +21,31 @@ def resolve_model(model: str, models_dir: Path) -> str:
     return model
 
 
+def half_precision_variant(source: str) -> str | None:
+    """"fp16" where the model (a directory or a hub repo) ships fp16 weight files beside the full ones."""
+    directory = Path(source)
+    if directory.is_dir():
+        names = [path.name for path in directory.rglob("*.fp16.*")]
+    else:
+        try:
+            from huggingface_hub import list_repo_files
+
+            names = list_repo_files(source)
+        except Exception:  # offline, private or unknown: the plain files, and from_pretrained says what is wrong
+            log.debug("cannot list the files of %s", source, exc_info=True)
+            return None
+    return "fp16" if any(".fp16." in name for name in names) else None
+
+
 def pick_device(device: str = "auto", dtype: str = "auto"):  # type: ignore[no-untyped-def]
     import torch
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"ATELIER_DEVICE is {device}, but this machine has no CUDA device that torch {torch.__version__} can use"
+        )
     if dtype == "auto":
         # fp16 VAE decodes of SDXL overflow; bf16 keeps fp32's range at half the memory.
         torch_dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32

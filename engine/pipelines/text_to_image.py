@@ -109,10 +109,16 @@ class TextToImage:
         self.device, self.dtype = pick_device(device, dtype)
         self._torch = torch
         started = time.perf_counter()
+        self.variant: str | None = None
         if isinstance(source, str):
             from diffusers import AutoPipelineForText2Image
 
-            self.pipe = AutoPipelineForText2Image.from_pretrained(source, dtype=self.dtype)
+            from engine.pipelines.registry import half_precision_variant
+
+            if self.dtype in (torch.float16, torch.bfloat16):
+                # The fp16 files are half the download and the disk of the full ones.
+                self.variant = half_precision_variant(source)
+            self.pipe = AutoPipelineForText2Image.from_pretrained(source, dtype=self.dtype, variant=self.variant)
         else:
             self.pipe = source
         if self.pipe.dtype != self.dtype:

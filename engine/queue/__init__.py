@@ -9,7 +9,7 @@ if TYPE_CHECKING:
     from engine.contract import JobQueue
     from engine.queue.database import Database
 
-__all__ = ["is_redis_url", "open_queue"]
+__all__ = ["check_reachable", "is_redis_url", "open_queue"]
 
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
@@ -29,3 +29,33 @@ def open_queue(settings: EngineSettings, database: Database | None = None) -> Jo
     from engine.queue.sqlite import SqliteQueue
 
     return SqliteQueue(database or Database(settings.db_url), settings)
+
+
+async def check_reachable(settings: EngineSettings, *, timeout: float = 5.0) -> None:
+    """Stop a process at start, with one line, when its queue's Redis does not answer (the SQLite queue
+    is the database itself: nothing to reach)."""
+    if not is_redis_url(settings.queue_url):
+        return
+    import redis.asyncio
+    from redis.exceptions import RedisError
+
+    from engine.config import ConfigError
+
+    client = redis.asyncio.from_url(settings.queue_url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    try:
+        await client.ping()
+    except (RedisError, OSError) as error:
+        raise ConfigError(
+            f"ATELIER_QUEUE_URL: cannot reach Redis at {_without_password(settings.queue_url)} ({error})"
+        ) from None
+    finally:
+        await client.aclose()
+
+
+def _without_password(url: str | None) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url or "")
+    if parts.password is None:
+        return url or ""
+    return parts._replace(netloc=f"{parts.username or ''}:***@{parts.hostname}:{parts.port or 6379}").geturl()

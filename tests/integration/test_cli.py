@@ -40,6 +40,7 @@ def test_imagine_makes_a_png_and_the_same_seed_gives_the_same_pixels(settings_en
     prompt = "a lighthouse on a cliff at dusk"
     first = atelier(settings_env, "imagine", prompt, "--tiny", "--seed", "5", "--json")
     assert first.returncode == 0, first.stderr
+    assert " INFO " not in first.stderr  # quiet by default: no migration or engine chatter
     job = json.loads(first.stdout)
     assert REQUIRED_KEYS <= job.keys()
     assert job["status"] == "succeeded"
@@ -77,6 +78,7 @@ def test_bad_options_exit_2_and_create_no_job(settings_env: dict[str, str]) -> N
 
 
 def test_quota_commands_round_trip(settings_env: dict[str, str]) -> None:
+    assert atelier(settings_env, "migrate").returncode == 0
     assert atelier(settings_env, "quota", "set", "--guild", "1", "--images-per-day", "2").returncode == 0
     assert atelier(settings_env, "quota", "set", "--guild", "1", "--user", "7", "--images-per-day", "1").returncode == 0
     assert (

@@ -12,8 +12,8 @@ import json
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -538,15 +538,29 @@ class DiscordSimulator:
             self._sockets.remove(ws)
             await ws.close(code=code, message=b"closed by the simulator")
 
-    @asynccontextmanager
-    async def connect(self, client: Any, *, ready_timeout: float = 20) -> AsyncIterator[Any]:
-        """Run a discord.py client against this simulator until the block ends."""
+    @contextmanager
+    def pointed_at(self) -> Iterator[None]:
+        """Every discord.py client started inside the block (in any thread) talks to this simulator."""
         import discord
         import yarl
 
         saved = discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
         discord.http.Route.BASE = f"{self.base_url}/api/v10"
         discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(f"ws://127.0.0.1:{self.port}/")
+        try:
+            yield
+        finally:
+            discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = saved
+
+    @asynccontextmanager
+    async def connect(self, client: Any, *, ready_timeout: float = 20) -> AsyncIterator[Any]:
+        """Run a discord.py client against this simulator until the block ends."""
+        with self.pointed_at():
+            async with self._connected(client, ready_timeout):
+                yield client
+
+    @asynccontextmanager
+    async def _connected(self, client: Any, ready_timeout: float) -> AsyncIterator[Any]:
         task = asyncio.create_task(client.start(self.token))
         try:
             ready = asyncio.create_task(client.wait_until_ready())
@@ -563,7 +577,6 @@ class DiscordSimulator:
                 await asyncio.wait_for(task, 10)
             except (Exception, asyncio.CancelledError):
                 log.debug("client task ended", exc_info=True)
-            discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = saved
 
     # ---------------------------------------------------------------- state helpers
 
@@ -617,6 +630,9 @@ class DiscordSimulator:
                 if op == 1:
                     await ws.send_str(json.dumps({"op": 11, "d": None, "s": None, "t": None}))
                 elif op == 2:
+                    if payload["d"].get("token") != self.token:
+                        await ws.close(code=4004, message=b"Authentication failed.")
+                        break
                     await self._identify(ws)
                 elif op == 6:
                     if payload["d"].get("session_id") in self._sessions:
@@ -960,6 +976,10 @@ class DiscordSimulator:
     async def _rest(self, request: web.Request) -> web.StreamResponse:
         parts = request.match_info["path"].strip("/").split("/")
         method = request.method
+        # Interaction callbacks and their webhooks are authorised by the interaction's token in the path;
+        # every other route wants the bot's token (401 with code 0, as Discord answers a wrong one).
+        if parts[0] not in ("interactions", "webhooks") and request.headers.get("Authorization") != f"Bot {self.token}":
+            return self._error(401, 0, "401: Unauthorized")
         payload, files = await self._payload(request)
         match parts:
             case ["users", "@me"]:
