@@ -160,3 +160,32 @@ async def test_a_wrong_bot_token_stops_the_bot_with_one_line_and_is_never_logged
     assert "Traceback" not in err
     assert wrong not in err
     assert [call.status for call in sim.calls_to("/users/@me")] == [401]
+
+
+@pytest.mark.slow
+def test_half_precision_loads_the_fp16_variant_where_the_model_ships_one(models_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    from engine.pipelines.registry import half_precision_variant
+    from engine.pipelines.text_to_image import PipelineOptions, TextToImage
+    from engine.tiny import build_tiny_sd
+
+    plain = build_tiny_sd(models_dir / "tiny-sd")
+    assert half_precision_variant(str(plain)) is None
+    with_variant = tmp_path / "with-fp16"
+    shutil.copytree(plain, with_variant)
+    pipe = StableDiffusionPipeline.from_pretrained(plain)
+    with torch.no_grad():
+        pipe.unet.conv_in.bias.fill_(0.5)  # marks the variant's weights apart from the full ones
+    pipe.to(torch.float16).save_pretrained(with_variant, variant="fp16")
+    assert half_precision_variant(str(with_variant)) == "fp16"
+
+    half = TextToImage("m", str(with_variant), device="cpu", dtype="float16", options=PipelineOptions(warmup=False))
+    assert half.variant == "fp16"
+    assert torch.all(half.pipe.unet.conv_in.bias == 0.5)
+    full = TextToImage("m", str(with_variant), device="cpu", dtype="float32", options=PipelineOptions(warmup=False))
+    assert full.variant is None
+    assert not torch.all(full.pipe.unet.conv_in.bias == 0.5)
