@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from bot.services.records import JobRecord
 from bot.errors import AtelierError
 from bot.services.delivery import DeliveryService
+from bot.services.health import HEALTH_WRITE_SECONDS, health_file, write_gateway_health
 from bot.ui.delivery import deliver_job
 from bot.ui.replies import reply_error
 from engine.background import BackgroundLoop
@@ -34,6 +35,8 @@ EXTENSIONS = (
 
 # Interaction tokens live 15 minutes from the interaction's creation; leave a margin for the upload.
 INTERACTION_TOKEN_SECONDS = 14 * 60
+# How often the queue-depth and undeliverable gauges are read from the database.
+METRICS_STATUS_SECONDS = 15.0
 # Deliveries and progress edits in flight at once: one slow or rate-limited channel never holds up the rest.
 CONCURRENT_SENDS = 8
 
@@ -92,7 +95,8 @@ class AtelierBot(commands.Bot):
         )
         self.settings = settings
         self.services = services
-        self.delivery = DeliveryService(services.db, safety_threshold=settings.safety_threshold)
+        self.metrics = services.metrics
+        self.delivery = DeliveryService(services.db, safety_threshold=settings.safety_threshold, metrics=self.metrics)
         self.pending_replies: dict[str, PendingReply] = {}
         self.delivery_poll_seconds = 0.25
         self.progress_interval_seconds = 1.0
@@ -101,6 +105,9 @@ class AtelierBot(commands.Bot):
         self._deliveries: set[asyncio.Task[None]] = set()
         self._pumping: asyncio.Task[None] | None = None
         self._stop_pumping = asyncio.Event()
+        self._health_lock = asyncio.Lock()
+        self.health_path = health_file(settings.data_dir)
+        self.health_write_seconds = HEALTH_WRITE_SECONDS
 
     async def setup_hook(self) -> None:
         for extension in EXTENSIONS:
@@ -124,6 +131,9 @@ class AtelierBot(commands.Bot):
                 ready=self.wait_until_ready,
             ).start(),
         ]
+        self._loops.append(BackgroundLoop(self._write_health, self.health_write_seconds, name="atelier-health").start())
+        if self.settings.metrics_port is not None:
+            self._loops.append(BackgroundLoop(self._status_pass, METRICS_STATUS_SECONDS, name="atelier-status").start())
         pump = getattr(self.services.queue, "pump", None)
         if pump is not None:
             # Redis: engines report through a results stream that the bot applies to the database.
@@ -181,12 +191,45 @@ class AtelierBot(commands.Bot):
         async with self._sends:
             await deliver_job(self, job)
 
+    @property
+    def gateway_connected(self) -> bool:
+        socket = getattr(self.ws, "socket", None)
+        return self.is_ready() and not self.is_closed() and socket is not None and not socket.closed
+
+    async def on_ready(self) -> None:
+        await self._write_health()
+
+    async def on_resumed(self) -> None:
+        await self._write_health()
+
+    async def on_disconnect(self) -> None:
+        await self._write_health()
+
+    async def _write_health(self) -> None:
+        # One write at a time, each with the state as it is when it starts: the last write is the truth.
+        async with self._health_lock:
+            connected = self.gateway_connected
+            self.metrics.gateway_connected.set(int(connected))
+            await asyncio.to_thread(write_gateway_health, self.health_path, connected=connected)
+
+    async def on_interaction(self, interaction: discord.Interaction) -> None:
+        data = interaction.data or {}
+        # A button's custom_id carries a job id: its family (the part before the first ":") is the label.
+        name = str(data.get("name") or str(data.get("custom_id", "")).split(":", 1)[0] or "-")
+        self.metrics.interaction(interaction.type.name, name)
+
+    async def _status_pass(self) -> None:
+        from bot.services.status import queue_status
+
+        self.metrics.status(await queue_status(self.services))
+
     async def on_app_command_error(
         self, interaction: discord.Interaction, error: discord.app_commands.AppCommandError
     ) -> None:
         # A refusal raised anywhere under a command (policy, quota, a bad option) is the member's answer.
         original = getattr(error, "original", error)
         if isinstance(original, AtelierError):
+            self.metrics.refused(original)
             await reply_error(interaction, str(original))
             return
         if isinstance(error, discord.app_commands.CheckFailure):
@@ -212,3 +255,4 @@ class AtelierBot(commands.Bot):
             await asyncio.gather(self._pumping, return_exceptions=True)
         self._loops, self._pumping = [], None
         await super().close()
+        await self._write_health()

@@ -4,7 +4,8 @@ Exit 0 when healthy. Torch-free and quick, since Docker runs it every 30 seconds
 
 - engine: an engine on this host (the container's hostname) has a fresh heartbeat in the queue's
   worker list, so a process that is up but wedged, or lost its queue, turns unhealthy;
-- bot: the database answers with the migrated schema, and so does Redis when the queue is there.
+- bot: the bot holds a live Discord gateway connection (the state it writes, see bot.services.health),
+  the database answers with the migrated schema, and so does Redis when the queue is there.
 """
 
 from __future__ import annotations
@@ -44,6 +45,13 @@ async def engine_healthy(settings: Settings) -> bool:
 async def bot_healthy(settings: Settings) -> bool:
     from sqlalchemy import text
 
+    from bot.services.health import gateway_health, health_file
+
+    problem = gateway_health(health_file(settings.data_dir))
+    if problem is not None:
+        print(f"bot unhealthy: {problem}", file=sys.stderr)
+        return False
+
     database = Database(settings.db_url)
     try:
         async with database.sessions() as session:
@@ -66,7 +74,7 @@ def main(argv: list[str]) -> int:
     except Exception as error:
         print(f"{role} unhealthy: {type(error).__name__}: {error}", file=sys.stderr)
         return 1
-    if not healthy:
+    if not healthy and role == "engine":
         print(f"{role} unhealthy: no fresh heartbeat from {socket.gethostname()}", file=sys.stderr)
     return 0 if healthy else 1
 

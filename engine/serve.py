@@ -70,12 +70,12 @@ async def serve(
     pipeline = await run_compute(load_pipeline_or_stop, settings)
     queue = open_queue(settings)
     metrics_server = None
-    if settings.metrics_port:
+    if settings.metrics_port is not None:
         from engine.metrics import EngineMetrics, MeteredPipeline, MeteredQueue, serve_metrics
 
         metrics = EngineMetrics(pipeline.model)
         pipeline, queue = MeteredPipeline(pipeline, metrics), MeteredQueue(queue, metrics)
-        metrics_server = await serve_metrics(metrics, settings.metrics_port)
+        metrics_server = serve_metrics(metrics.registry, settings.metrics_port, settings.metrics_host)
     worker = EngineWorker(
         queue,
         pipeline,

@@ -57,10 +57,17 @@ def cmd_bot(args: argparse.Namespace) -> int:
         await check_reachable(settings)
         services = Services.create(settings)
         bot = AtelierBot(settings, services)
+        metrics_server = None
+        if settings.metrics_port is not None:
+            from engine.metrics import serve_metrics
+
+            metrics_server = serve_metrics(services.metrics.registry, settings.metrics_port, settings.metrics_host)
         try:
             async with bot:
                 await bot.start(settings.discord_token.get_secret_value())  # type: ignore[union-attr]
         finally:
+            if metrics_server is not None:
+                metrics_server.close()
             await services.close()
 
     import discord

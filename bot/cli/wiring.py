@@ -13,6 +13,7 @@ from typing import Any
 from bot.config import Settings
 from bot.services.admin import AdminService
 from bot.services.jobs import Expander, JobService
+from bot.services.metrics import BotMetrics
 from bot.services.quota import QuotaService
 from bot.services.ratings import RatingService
 from engine.contract import JobQueue
@@ -59,6 +60,7 @@ class Services:
     jobs: JobService
     admin: AdminService
     ratings: RatingService
+    metrics: BotMetrics
 
     @classmethod
     def create(cls, settings: Settings, *, expander: Expander | None = None) -> Services:
@@ -67,8 +69,9 @@ class Services:
         queue = open_queue(settings, db)
         expander = expander or build_expander(settings)
         quota = QuotaService(settings.default_images_per_day)
-        jobs = JobService(settings, db, queue, expander, quota)
-        return cls(settings, db, queue, expander, quota, jobs, AdminService(db, quota), RatingService(db))
+        metrics = BotMetrics()
+        jobs = JobService(settings, db, queue, expander, quota, metrics)
+        return cls(settings, db, queue, expander, quota, jobs, AdminService(db, quota), RatingService(db), metrics)
 
     async def close(self) -> None:
         close = getattr(self.expander, "aclose", None)

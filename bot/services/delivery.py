@@ -12,6 +12,7 @@ from PIL import Image as PILImage
 from sqlalchemy import ColumnElement, and_, or_, select, update
 
 from bot.db.models import Guild, Image, Job
+from bot.services.metrics import BotMetrics
 from bot.services.records import MAX_DELIVERY_ATTEMPTS, JobRecord
 from engine.contract import JobStatus, utcnow
 from engine.queue import ledger
@@ -110,8 +111,10 @@ class DeliveryService:
         safety_threshold: float = 0.5,
         backoff_base_seconds: float = DELIVERY_BACKOFF_BASE_SECONDS,
         backoff_cap_seconds: float = DELIVERY_BACKOFF_CAP_SECONDS,
+        metrics: BotMetrics | None = None,
     ) -> None:
         self.db = database
+        self.metrics = metrics or BotMetrics()
         self.safety_threshold = safety_threshold
         self.backoff_base_seconds = backoff_base_seconds
         self.backoff_cap_seconds = backoff_cap_seconds
@@ -177,11 +180,13 @@ class DeliveryService:
             if attempts >= MAX_DELIVERY_ATTEMPTS:
                 await ledger.refund(session, [job_id])
                 log.warning("job %s is undeliverable after %d attempts: %s", job_id, attempts, error)
+                self.metrics.delivery("undeliverable")
                 return "undeliverable"
             wait = delivery_backoff(attempts, base=self.backoff_base_seconds, cap=self.backoff_cap_seconds)
             await session.execute(
                 update(Job).where(Job.id == job_id).values(next_delivery_at=utcnow() + timedelta(seconds=wait))
             )
+        self.metrics.delivery("retry")
         return "pending"
 
     async def revive_undeliverable(self) -> int:
@@ -196,6 +201,7 @@ class DeliveryService:
         async with self.db.transaction() as session:
             await session.execute(update(Job).where(Job.id == job_id).values(message_id=message_id))
             await session.execute(update(Image).where(Image.job_id == job_id).values(message_id=message_id))
+        self.metrics.delivery("delivered")
 
     async def job_for_message(self, message_id: int) -> JobRecord | None:
         async with self.db.sessions() as session:

@@ -19,6 +19,7 @@ from bot.db.models import Guild, Job, Member, ModerationEvent, Usage
 from bot.errors import InvalidRequest, NotFound, PolicyRefused, Unavailable
 from bot.services.expansion import Expansion
 from bot.services.inline import parse_aspect, parse_inline, size_for_aspect
+from bot.services.metrics import BotMetrics
 from bot.services.models import profile_for
 from bot.services.moderation import check_prompt
 from bot.services.quota import QuotaService
@@ -129,13 +130,20 @@ def parse_size(text: str) -> tuple[int, int]:
 
 class JobService:
     def __init__(
-        self, settings: Settings, database: Database, queue: JobQueue, expander: Expander, quota: QuotaService
+        self,
+        settings: Settings,
+        database: Database,
+        queue: JobQueue,
+        expander: Expander,
+        quota: QuotaService,
+        metrics: BotMetrics | None = None,
     ) -> None:
         self.settings = settings
         self.db = database
         self.queue = queue
         self.expander = expander
         self.quota = quota
+        self.metrics = metrics or BotMetrics()
         self._engines_seen: dict[str, tuple[float, bool]] = {}
 
     def validate(
@@ -240,6 +248,8 @@ class JobService:
                 session, guild, request.guild_id, request.user_id, spec.count, units, request.role_ids
             )
         expansion = await self._expand(request, guild, resolved)
+        if expansion.source != "parent":
+            self.metrics.expanded(expansion.source, expansion.ms)
         if expansion.model_prompt != spec.member_prompt:
             await self._check_policy(request, guild, expansion.model_prompt)
         spec = replace(spec, model_prompt=expansion.model_prompt, negative_prompt=expansion.negative)

@@ -96,6 +96,7 @@ class _AnswersErrors:
         try:
             await self.run(interaction)
         except AtelierError as error:
+            interaction.client.metrics.refused(error)  # type: ignore[attr-defined]
             await reply_error(interaction, str(error))
 
     async def run(self, interaction: discord.Interaction) -> None:
@@ -233,6 +234,7 @@ class EditPromptModal(discord.ui.Modal, title="Edit prompt"):
 
     async def on_error(self, interaction: discord.Interaction, error: Exception) -> None:
         if isinstance(error, AtelierError):
+            interaction.client.metrics.refused(error)  # type: ignore[attr-defined]
             await reply_error(interaction, str(error))
             return
         await super().on_error(interaction, error)

@@ -22,7 +22,7 @@ def resolve_model(model: str, models_dir: Path) -> str:
 
 
 def half_precision_variant(source: str) -> str | None:
-    """"fp16" where the model (a directory or a hub repo) ships fp16 weight files beside the full ones."""
+    """ "fp16" where the model (a directory or a hub repo) ships fp16 weight files beside the full ones."""
     directory = Path(source)
     if directory.is_dir():
         names = [path.name for path in directory.rglob("*.fp16.*")]
