@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 DOCKER = Path(__file__).resolve().parents[2] / "docker"
@@ -34,3 +35,36 @@ def test_the_discord_token_reaches_only_the_bot_and_never_an_image() -> None:
             assert service["environment"]["ATELIER_DISCORD_TOKEN"] == "", name
     for dockerfile in DOCKER.glob("Dockerfile.*"):
         assert "DISCORD_TOKEN" not in dockerfile.read_text(), dockerfile.name
+
+
+def _docker_unavailable() -> str | None:
+    """Why the images cannot be built here, or None where a Docker engine answers."""
+    try:
+        info = subprocess.run(
+            ["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True, timeout=30
+        )
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return f"no docker command: {error}"
+    if info.returncode != 0:
+        return f"no Docker engine answers: {(info.stderr.strip().splitlines() or ['docker info failed'])[-1]}"
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("image", ["bot", "engine"])
+def test_the_images_build(image: str) -> None:
+    reason = _docker_unavailable()
+    if reason is not None:
+        pytest.skip(f"cannot build the {image} image here: {reason}")
+    root = DOCKER.parent
+    built = subprocess.run(
+        ["docker", "build", "-f", str(DOCKER / f"Dockerfile.{image}"), "-t", f"atelier-{image}:test", str(root)],
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    version = subprocess.run(
+        ["docker", "run", "--rm", f"atelier-{image}:test", "--version"], capture_output=True, text=True, timeout=300
+    )
+    assert version.stdout.startswith("atelier "), version.stdout + version.stderr
