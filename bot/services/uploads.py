@@ -8,7 +8,7 @@ import uuid
 import warnings
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, ImageOps
 
 from bot.errors import InvalidRequest
 
@@ -17,6 +17,15 @@ log = logging.getLogger(__name__)
 ALLOWED_FORMATS = {"PNG", "JPEG", "WEBP"}
 MAX_PIXELS = 4096 * 4096
 MIN_SIDE = 64
+
+
+def as_rgb(image: Image.Image) -> Image.Image:
+    """The picture as the member sees it, in 8-bit RGB: EXIF orientation applied (phones store photos
+    sideways and say so in a tag), 16-bit samples scaled rather than clipped to white."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode == "I" or image.mode.startswith("I;16"):
+        image = image.convert("I").point(lambda value: value * (255 / 65535)).convert("L")
+    return image.convert("RGB")
 
 
 def save_upload(
@@ -41,7 +50,7 @@ def save_upload(
                         f"The image is {width}×{height}; each side must be at least {MIN_SIDE} pixels."
                     )
                 probe.load()
-                image = probe.convert("RGB")
+                image = as_rgb(probe)
     except InvalidRequest:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-import json
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -12,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.contract import IMAGE_TO_IMAGE_KINDS, GeneratedImage, JobSpec, PermanentJobError
+from engine.pngmeta import png_with_metadata
 
 log = logging.getLogger(__name__)
 
@@ -22,29 +21,6 @@ _EMBEDDING_NAMES = ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_em
 
 class Interrupted(Exception):
     """The job was cancelled, or the worker lost its lease, between two denoising steps."""
-
-
-def png_with_metadata(image: Any, params: JobSpec, seed: int) -> bytes:
-    from PIL.PngImagePlugin import PngInfo
-
-    info = PngInfo()
-    metadata = {
-        "member_prompt": params.member_prompt,
-        "model_prompt": params.model_prompt,
-        "negative_prompt": params.negative_prompt,
-        "seed": seed,
-        "steps": params.steps,
-        "guidance": params.guidance,
-        "width": params.width,
-        "height": params.height,
-        "model": params.model,
-        "scheduler": params.scheduler,
-    }
-    info.add_text("parameters", json.dumps(metadata, ensure_ascii=False))
-    info.add_text("Software", "Atelier")
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", pnginfo=info)
-    return buffer.getvalue()
 
 
 @contextmanager
@@ -226,11 +202,16 @@ class TextToImage:
         elapsed = time.perf_counter() - started
         out: list[list[GeneratedImage]] = []
         images = iter(pil_images)
+        sampler = type(self.pipe.scheduler).__name__
         for job in jobs:
             encoded = []
             for index, seed in enumerate(job.seeds):
                 image = next(images)
-                encoded.append(GeneratedImage(index, png_with_metadata(image, job, seed), image.width, image.height))
+                encoded.append(
+                    GeneratedImage(
+                        index, png_with_metadata(image, job, seed, sampler=sampler), image.width, image.height
+                    )
+                )
             out.append(encoded)
         return BatchOutput(out, elapsed)
 

@@ -50,7 +50,7 @@ def test_imagine_makes_a_png_and_the_same_seed_gives_the_same_pixels(settings_en
     assert [(i["path"], i["seed"]) for i in job["images"]] == [(job["image"], 5)]
     with Image.open(job["image"]) as image:
         assert image.format == "PNG"
-        assert json.loads(image.text["parameters"])["seed"] == 5
+        assert json.loads(image.text["atelier"])["seed"] == 5
 
     # The engine started by the first call is still alive and serves the second.
     again = json.loads(atelier(settings_env, "imagine", prompt, "--tiny", "--seed", "5", "--json").stdout)

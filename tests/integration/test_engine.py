@@ -68,7 +68,7 @@ async def test_worker_writes_pngs_with_parameters_and_seeds_are_reproducible(
     assert (a.width, a.height) == (64, 64) and a.size_bytes == Path(a.path).stat().st_size
 
     with Image.open(a.path) as image:
-        parameters = json.loads(image.text["parameters"])
+        parameters = json.loads(image.text["atelier"])
     assert parameters["member_prompt"] == "a lighthouse on a cliff"
     assert parameters["seed"] == 42 and parameters["steps"] == 2
     assert (parameters["width"], parameters["height"]) == (64, 64)
