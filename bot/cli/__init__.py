@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from engine.exits import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_REFUSED, run_command
-
-__all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_INVALID", "EXIT_REFUSED", "main"]
+from engine.exits import run_command
 
 DISTRIBUTION = "atelier-discord"  # the name on the package index; the command is `atelier`
 
