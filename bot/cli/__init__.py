@@ -1,7 +1,8 @@
 """`atelier`: one command for the bot, the engine, migrations, local jobs and operations.
 
 The composition root: the only place where settings, the database, the queue and the services are
-wired together (wiring.py), one module per command group, and the exit codes mapped once, here.
+wired together (wiring.py), one module per command group; every command ends through engine.exits,
+where exit codes are mapped once.
 Nothing of the bot is imported at module level, so `atelier engine` starts the engine without it.
 """
 
