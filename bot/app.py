@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 import discord
@@ -20,7 +20,8 @@ from bot.errors import AtelierError
 from bot.services.delivery import DeliveryService
 from bot.services.health import HEALTH_WRITE_SECONDS, health_file, write_gateway_health
 from bot.ui.delivery import deliver_job
-from bot.ui.replies import reply_error
+from bot.ui.replies import reply_error, reply_refusal
+from bot.ui.translator import CatalogTranslator, locale_of, relative_time, say
 from engine.background import BackgroundLoop
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ EXTENSIONS = (
     "bot.cogs.ratings",
     "bot.cogs.admin",
     "bot.cogs.member",
+    "bot.cogs.help",
 )
 
 # Interaction tokens live 15 minutes from the interaction's creation; leave a margin for the upload.
@@ -86,6 +88,9 @@ class AtelierBot(commands.Bot):
         intents.guild_reactions = True
         super().__init__(
             command_prefix=commands.when_mentioned,
+            # Members use slash commands and /help; discord.py's text-command "help" would only answer
+            # "@Atelier help" with a list of prefix commands that do not exist.
+            help_command=None,
             intents=intents,
             owner_ids=set(settings.owner_ids) or None,
             allowed_mentions=discord.AllowedMentions(everyone=False, roles=False, users=True),
@@ -110,6 +115,8 @@ class AtelierBot(commands.Bot):
         self.health_write_seconds = HEALTH_WRITE_SECONDS
 
     async def setup_hook(self) -> None:
+        # Before the cogs and any sync: every command's names and descriptions go out localized.
+        await self.tree.set_translator(CatalogTranslator())
         for extension in EXTENSIONS:
             await self.load_extension(extension)
         self.tree.on_error = self.on_app_command_error
@@ -165,7 +172,8 @@ class AtelierBot(commands.Bot):
                 return
             if progress.status not in ("queued", "running") or self.pending_replies.get(job_id) is not pending:
                 return  # ended (or being delivered): never edit over the result
-            text = f"{pending.header}\n{progress.describe()}" if pending.header else progress.describe()
+            shown = progress.describe(locale_of(pending.interaction))
+            text = f"{pending.header}\n{shown}" if pending.header else shown
             if text == pending.shown:
                 return
             try:
@@ -230,19 +238,20 @@ class AtelierBot(commands.Bot):
         original = getattr(error, "original", error)
         if isinstance(original, AtelierError):
             self.metrics.refused(original)
-            await reply_error(interaction, str(original))
+            await reply_refusal(interaction, original)
+            return
+        if isinstance(error, discord.app_commands.CommandOnCooldown):
+            ready = discord.utils.utcnow() + timedelta(seconds=error.retry_after)
+            await reply_error(interaction, say(interaction, "errors.command_cooldown", when=relative_time(ready)))
             return
         if isinstance(error, discord.app_commands.CheckFailure):
-            message = "You need the Manage Server permission for this."
-            if isinstance(error, discord.app_commands.CommandOnCooldown):
-                message = f"Slow down: try again in {error.retry_after:.0f}s."
-            await reply_error(interaction, message)
+            await reply_error(interaction, say(interaction, "errors.need_manage_server"))
             return
         if isinstance(error, discord.app_commands.TransformerError):
-            await reply_error(interaction, str(error))
+            await reply_error(interaction, say(interaction, "errors.bad_option", option=str(error.value)[:40]))
             return
         log.exception("command %s failed", interaction.command and interaction.command.name, exc_info=error)
-        await reply_error(interaction, "Something went wrong on our side; it has been logged.")
+        await reply_error(interaction, say(interaction, "errors.internal"))
 
     async def close(self) -> None:
         # Stopped between passes, never cancelled mid-query (see engine.background), and waited for, so

@@ -1,17 +1,22 @@
-"""/atelier …: server configuration for members with Manage Server, checked again at run time."""
+"""/atelier …: server configuration for members with Manage Server, checked again at run time; /sync for
+the bot's owner; /usage for everyone."""
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.ui.replies import reply_error
+from bot.errors import InvalidRequest, PolicyRefused
+from bot.services.expansion import STYLES
+from bot.ui.options import style_suggestions
+from bot.ui.translator import relative_time, say
 
 if TYPE_CHECKING:
     from bot.app import AtelierBot
@@ -25,10 +30,15 @@ def _is_server_manager(interaction: discord.Interaction) -> bool:
     return bool(permissions.manage_guild or permissions.administrator)
 
 
+def _channels(interaction: discord.Interaction, channel_ids: list[int]) -> str:
+    return ", ".join(f"<#{c}>" for c in channel_ids) or say(interaction, "admin.all_channels")
+
+
 @app_commands.guild_only()
 @app_commands.default_permissions(manage_guild=True)
 class AdminCog(commands.GroupCog, group_name="atelier", group_description="Configure Atelier on this server"):
     quota = app_commands.Group(name="quota", description="Daily budgets")
+    config = app_commands.Group(name="config", description="Server policy for Atelier")
 
     def __init__(self, bot: AtelierBot) -> None:
         self.bot = bot
@@ -40,21 +50,26 @@ class AdminCog(commands.GroupCog, group_name="atelier", group_description="Confi
             raise app_commands.CheckFailure("manage_guild")
         return True
 
-    async def _run(self, interaction: discord.Interaction, action) -> None:  # type: ignore[no-untyped-def]
+    async def _run(self, interaction: discord.Interaction, action: Callable[[], Awaitable[str]]) -> None:
         message = await action()
         await interaction.response.send_message(message, ephemeral=True)
 
     @quota.command(name="set", description="Set the server's default, or a role's or member's daily budget")
     @app_commands.describe(
-        member="Only this member", role="Only members with this role", images_per_day="-1 for unlimited"
+        images_per_day="Images a member may make per day; -1 for unlimited",
+        compute_per_day="Compute units (megapixels × steps × images) per day; -1 for unlimited",
+        max_concurrent="Jobs a member may have waiting or running at once; -1 for unlimited",
+        cooldown_seconds="Seconds between two requests of a member",
+        member="Only this member",
+        role="Only members with this role",
     )
     async def quota_set(
         self,
         interaction: discord.Interaction,
-        images_per_day: int | None = None,
-        compute_per_day: float | None = None,
-        max_concurrent: int | None = None,
-        cooldown_seconds: float | None = None,
+        images_per_day: app_commands.Range[int, -1] | None = None,
+        compute_per_day: app_commands.Range[float, -1] | None = None,
+        max_concurrent: app_commands.Range[int, -1] | None = None,
+        cooldown_seconds: app_commands.Range[float, 0] | None = None,
         member: discord.Member | None = None,
         role: discord.Role | None = None,
     ) -> None:
@@ -69,11 +84,12 @@ class AdminCog(commands.GroupCog, group_name="atelier", group_description="Confi
                 max_concurrent=max_concurrent,
                 cooldown_seconds=cooldown_seconds,
             )
-            return f"Quota updated: `{json.dumps(result)}`"
+            return say(interaction, "admin.quota_updated", detail=json.dumps(result))
 
         await self._run(interaction, action)
 
     @quota.command(name="show", description="A member's budget and what they used today")
+    @app_commands.describe(member="Whose budget to show")
     async def quota_show(self, interaction: discord.Interaction, member: discord.Member) -> None:
         async def action() -> str:
             roles = tuple(r.id for r in member.roles)
@@ -83,39 +99,44 @@ class AdminCog(commands.GroupCog, group_name="atelier", group_description="Confi
         await self._run(interaction, action)
 
     @quota.command(name="reset", description="Give a member today's budget back")
+    @app_commands.describe(member="Whose usage to reset")
     async def quota_reset(self, interaction: discord.Interaction, member: discord.Member) -> None:
         async def action() -> str:
             count = await self.admin.reset_quota(
                 guild_id=interaction.guild_id or 0, actor_id=interaction.user.id, user_id=member.id
             )
-            return f"Reset {member.mention}'s usage for today ({count} job(s) no longer count)."
+            return say(interaction, "admin.quota_reset", member=member.mention, count=count)
 
         await self._run(interaction, action)
 
-    @app_commands.command(name="config", description="Server policy for Atelier")
+    @config.command(name="set", description="Change the server's policy for Atelier")
     @app_commands.describe(
         nsfw="Allow NSFW prompts in NSFW channels",
         style="Default style preset",
-        expansion="How prompts are expanded: llm, presets or raw",
+        expansion="How prompts are expanded: by the language model, the style presets, or not at all",
+        max_side="Largest width or height in pixels",
+        max_steps="Most denoising steps a request may ask for",
+        grid_size="Images per request unless a member says otherwise (1–4)",
         banned_words="Comma-separated words refused in prompts (replaces the list)",
-        channel="Restrict Atelier to this channel (adds it to the allowed list)",
     )
-    async def config(
+    @app_commands.autocomplete(style=style_suggestions)
+    async def config_set(
         self,
         interaction: discord.Interaction,
         nsfw: bool | None = None,
-        style: str | None = None,
-        expansion: str | None = None,
+        style: app_commands.Range[str, 1, 40] | None = None,
+        expansion: Literal["llm", "presets", "raw"] | None = None,
         max_side: app_commands.Range[int, 64, 2048] | None = None,
         max_steps: app_commands.Range[int, 1, 150] | None = None,
         grid_size: app_commands.Range[int, 1, 4] | None = None,
-        banned_words: str | None = None,
-        channel: discord.TextChannel | None = None,
+        banned_words: app_commands.Range[str, 1, 1000] | None = None,
     ) -> None:
         async def action() -> str:
+            if style is not None and style.strip().lower() not in STYLES:
+                raise InvalidRequest("errors.unknown_style", style=style[:50], styles=", ".join(sorted(STYLES)))
             changes: dict[str, object] = {
                 "nsfw_policy": None if nsfw is None else ("allow" if nsfw else "block"),
-                "default_style": style,
+                "default_style": style.strip().lower() if style else None,
                 "expansion_mode": expansion,
                 "max_side": max_side,
                 "max_steps": max_steps,
@@ -124,33 +145,70 @@ class AdminCog(commands.GroupCog, group_name="atelier", group_description="Confi
                 if banned_words is None
                 else [w.strip() for w in banned_words.split(",") if w.strip()],
             }
-            if channel is not None:
-                current = await self.admin.allowed_channels(interaction.guild_id or 0)
-                changes["allowed_channels"] = sorted({*current, channel.id})
             applied = await self.admin.configure(
                 guild_id=interaction.guild_id or 0, actor_id=interaction.user.id, **changes
             )
-            return f"Settings updated: `{json.dumps(applied, default=str)}`" if applied else "Nothing to change."
+            if not applied:
+                return say(interaction, "admin.nothing_to_change")
+            return say(interaction, "admin.settings_updated", detail=json.dumps(applied, default=str))
 
         await self._run(interaction, action)
 
+    @config.command(name="show", description="Every Atelier setting of this server")
+    async def config_show(self, interaction: discord.Interaction) -> None:
+        shown = await self.admin.show_config(interaction.guild_id or 0)
+        embed = discord.Embed(title=say(interaction, "admin.config_title"), colour=discord.Colour.blurple())
+        for name, value in shown.items():
+            if name == "allowed_channels":
+                text = _channels(interaction, value)
+            elif value is None or value == [] or value == {}:
+                text = say(interaction, "admin.not_set")
+            elif isinstance(value, list | dict):
+                text = json.dumps(value, ensure_ascii=False)
+            else:
+                text = str(value)
+            embed.add_field(name=name, value=text[:1024])
+        await interaction.response.send_message(embed=embed, ephemeral=True)
+
+    @config.command(name="channel", description="Add or remove a channel Atelier answers in (none listed: all)")
+    @app_commands.describe(action="add or remove", channel="The channel")
+    async def config_channel(
+        self, interaction: discord.Interaction, action: Literal["add", "remove"], channel: discord.TextChannel
+    ) -> None:
+        async def run() -> str:
+            changed, channels = await self.admin.set_channel(
+                guild_id=interaction.guild_id or 0,
+                actor_id=interaction.user.id,
+                channel_id=channel.id,
+                allowed=action == "add",
+            )
+            if action == "remove" and not changed:
+                key = "admin.channel_not_listed"
+            else:
+                key = "admin.channel_added" if action == "add" else "admin.channel_removed"
+            return say(interaction, key, channel=channel.mention, channels=_channels(interaction, channels))
+
+        await self._run(interaction, run)
+
     @app_commands.command(name="ban", description="Stop a member from using Atelier here")
+    @app_commands.describe(member="Who to stop")
     async def ban(self, interaction: discord.Interaction, member: discord.Member) -> None:
         async def action() -> str:
             await self.admin.set_banned(
                 guild_id=interaction.guild_id or 0, actor_id=interaction.user.id, user_id=member.id, banned=True
             )
-            return f"{member.mention} can no longer use Atelier here."
+            return say(interaction, "admin.banned", member=member.mention)
 
         await self._run(interaction, action)
 
     @app_commands.command(name="unban", description="Let a member use Atelier again")
+    @app_commands.describe(member="Who to let back")
     async def unban(self, interaction: discord.Interaction, member: discord.Member) -> None:
         async def action() -> str:
             await self.admin.set_banned(
                 guild_id=interaction.guild_id or 0, actor_id=interaction.user.id, user_id=member.id, banned=False
             )
-            return f"{member.mention} can use Atelier again."
+            return say(interaction, "admin.unbanned", member=member.mention)
 
         await self._run(interaction, action)
 
@@ -160,17 +218,20 @@ class OwnerCog(commands.Cog):
         self.bot = bot
 
     @app_commands.command(name="sync", description="Owner only: publish Atelier's slash commands")
+    @app_commands.describe(here="Only to this server (takes effect at once)")
+    # Hidden from everyone but administrators; the owner check below is what decides.
+    @app_commands.default_permissions(administrator=True)
     async def sync(self, interaction: discord.Interaction, here: bool = False) -> None:
+        # ATELIER_OWNER_IDS when set, else the application's owner (or team) as Discord reports it.
         if not await self.bot.is_owner(interaction.user):
-            await reply_error(interaction, "Only the bot's owner can sync commands.")
-            return
+            raise PolicyRefused("errors.owner_only")
         await interaction.response.defer(ephemeral=True, thinking=True)
         if here and interaction.guild is not None:
             self.bot.tree.copy_global_to(guild=interaction.guild)
             synced = await self.bot.tree.sync(guild=interaction.guild)
         else:
             synced = await self.bot.tree.sync()
-        await interaction.followup.send(f"Synced {len(synced)} command(s).", ephemeral=True)
+        await interaction.followup.send(say(interaction, "admin.synced", count=len(synced)), ephemeral=True)
 
 
 class UsageCog(commands.Cog):
@@ -184,12 +245,17 @@ class UsageCog(commands.Cog):
         shown = await self.bot.services.admin.show_quota(
             guild_id=interaction.guild_id or 0, user_id=interaction.user.id, role_ids=roles
         )
-        left = "unlimited" if shown["images_left"] is None else str(shown["images_left"])
+        left = say(interaction, "quota.unlimited") if shown["images_left"] is None else str(shown["images_left"])
         resets_at = datetime.fromisoformat(shown["resets_at"].removesuffix("Z")).replace(tzinfo=UTC)
-        reset = discord.utils.format_dt(resets_at, "R")
         await interaction.response.send_message(
-            f"Today you made **{shown['used_images']}** image(s) "
-            f"({shown['used_compute_units']:g} compute units). Left: **{left}**. Resets {reset}.",
+            say(
+                interaction,
+                "quota.usage",
+                images=shown["used_images"],
+                units=shown["used_compute_units"],
+                left=left,
+                when=relative_time(resets_at),
+            ),
             ephemeral=True,
         )
 

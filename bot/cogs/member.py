@@ -16,7 +16,9 @@ from bot.services.models import profile_for
 from bot.services.stats import guild_stats
 from bot.services.uploads import save_upload
 from bot.ui.messages import info_message
+from bot.ui.options import style_suggestions
 from bot.ui.replies import request_from
+from bot.ui.translator import locale_of, say
 from bot.ui.views import submit_and_track
 
 if TYPE_CHECKING:
@@ -30,7 +32,13 @@ class MemberCog(commands.Cog):
         self.bot = bot
 
     @app_commands.command(name="settings", description="Your defaults for /imagine")
-    @app_commands.describe(aspect="For example 16:9", count="Images per request (1–4)", raw="Skip prompt expansion")
+    @app_commands.describe(
+        style="Your default style preset",
+        aspect="Your default shape, for example 16:9",
+        count="Images per request (1–4)",
+        raw="Skip prompt expansion",
+    )
+    @app_commands.autocomplete(style=style_suggestions)
     @app_commands.guild_only()
     async def settings(
         self,
@@ -45,13 +53,16 @@ class MemberCog(commands.Cog):
         prefs = await self.bot.services.jobs.set_preferences(
             interaction.guild_id or 0, interaction.user.id, style=style, aspect=aspect, raw=raw, count=count
         )
-        shown = ", ".join(f"{k}: {v}" for k, v in sorted(prefs.items())) or "none (server defaults)"
-        await interaction.response.send_message(f"Your defaults: {shown}", ephemeral=True)
+        shown = ", ".join(f"{k}: {v}" for k, v in sorted(prefs.items())) or say(interaction, "settings.none")
+        await interaction.response.send_message(say(interaction, "settings.saved", shown=shown), ephemeral=True)
 
     @app_commands.command(name="info", description="Full parameters of a result, to reproduce it")
-    async def info(self, interaction: discord.Interaction, job_id: str) -> None:
-        job = await self.bot.services.jobs.get(job_id.strip())
-        await interaction.response.send_message(**info_message(job), ephemeral=True)
+    @app_commands.describe(job_id="The id in the result's footer")
+    async def info(self, interaction: discord.Interaction, job_id: app_commands.Range[str, 1, 64]) -> None:
+        job = await self.bot.services.jobs.visible_to(
+            job_id.strip(), guild_id=interaction.guild_id, user_id=interaction.user.id
+        )
+        await interaction.response.send_message(**info_message(job, locale_of(interaction)), ephemeral=True)
 
     async def _from_attachment(
         self, interaction: discord.Interaction, image: discord.Attachment, prompt: str, **options: object
@@ -59,15 +70,15 @@ class MemberCog(commands.Cog):
         limit = interaction.guild.filesize_limit if interaction.guild else DEFAULT_UPLOAD_LIMIT
         # Checked before anything is downloaded or queued.
         if image.size > limit:
-            raise InvalidRequest(f"The image is {image.size / 2**20:.1f} MiB; the limit is {limit / 2**20:.0f} MiB.")
+            raise InvalidRequest("errors.upload_too_large", size=image.size / 2**20, limit=limit / 2**20)
         if image.content_type and not image.content_type.startswith("image/"):
-            raise InvalidRequest("Attach a PNG, JPEG or WebP image.")
+            raise InvalidRequest("errors.upload_format")
         await interaction.response.defer(thinking=True)
         settings = self.bot.settings
         try:
             data = await image.read()
         except discord.HTTPException as error:
-            raise InvalidRequest("Could not read the attachment.") from error
+            raise InvalidRequest("errors.attachment_unreadable") from error
         profile = profile_for(settings.image_model)
         path, width, height = save_upload(
             data,
@@ -82,7 +93,12 @@ class MemberCog(commands.Cog):
         await submit_and_track(self.bot, interaction, request)
 
     @app_commands.command(name="restyle", description="Redraw your image in another style")
-    @app_commands.describe(style="A style preset or a description", strength="How much to change (0.1–1)")
+    @app_commands.describe(
+        image="The image to redraw (PNG, JPEG or WebP)",
+        style="A style preset or a description",
+        strength="How much to change (0.1–1)",
+    )
+    @app_commands.autocomplete(style=style_suggestions)
     @app_commands.guild_only()
     async def restyle(
         self,
@@ -102,6 +118,7 @@ class MemberCog(commands.Cog):
             await self._from_attachment(interaction, image, style, kind="img2img", strength=strength, raw=True)
 
     @app_commands.command(name="upscale", description="Enlarge and enhance an image")
+    @app_commands.describe(image="The image to enlarge (PNG, JPEG or WebP)")
     @app_commands.guild_only()
     async def upscale(self, interaction: discord.Interaction, image: discord.Attachment) -> None:
         if image.width and image.height:
@@ -113,15 +130,17 @@ class MemberCog(commands.Cog):
     async def stats(self, interaction: discord.Interaction) -> None:
         await interaction.response.defer(ephemeral=True)
         stats = await guild_stats(self.bot.services.db, interaction.guild_id or 0)
-        embed = discord.Embed(title="Atelier on this server (last 7 days)")
-        per_day = "\n".join(f"{day}: {n}" for day, n in stats["images_per_day"].items()) or "no images yet"
-        embed.add_field(name="Images per day", value=per_day, inline=False)
-        top = (
-            "\n".join(f"{t['average']}★ ({t['ratings']}) {t['prompt'][:60]}" for t in stats["top_rated"])
-            or "no ratings yet"
+        embed = discord.Embed(title=say(interaction, "stats.title"))
+        per_day = "\n".join(f"{day}: {n}" for day, n in stats["images_per_day"].items()) or say(
+            interaction, "stats.no_images"
         )
-        embed.add_field(name="Top rated", value=top, inline=False)
-        for name, key in (("By style", "average_by_style"), ("By model", "average_by_model")):
+        embed.add_field(name=say(interaction, "stats.per_day"), value=per_day, inline=False)
+        top = "\n".join(f"{t['average']}★ ({t['ratings']}) {t['prompt'][:60]}" for t in stats["top_rated"]) or say(
+            interaction, "stats.no_ratings"
+        )
+        embed.add_field(name=say(interaction, "stats.top_rated"), value=top, inline=False)
+        for label, key in (("stats.by_style", "average_by_style"), ("stats.by_model", "average_by_model")):
+            name = say(interaction, label)
             value = "\n".join(f"{k}: {v}" for k, v in stats[key].items()) or "–"
             embed.add_field(name=name, value=value)
         await interaction.followup.send(embed=embed, ephemeral=True)

@@ -20,6 +20,19 @@ log = logging.getLogger(__name__)
 QUOTA_FIELDS = ("images_per_day", "compute_per_day", "max_concurrent", "cooldown_seconds")
 NSFW_POLICIES = ("block", "allow")
 EXPANSION_MODES = ("llm", "presets", "raw")
+CONFIG_FIELDS = (
+    "nsfw_policy",
+    "default_style",
+    "expansion_mode",
+    "max_side",
+    "max_steps",
+    "grid_size",
+    "allowed_channels",
+    "allowed_models",
+    "banned_words",
+    "rating_emojis",
+    "flagged_images",
+)
 
 
 class AdminService:
@@ -38,6 +51,34 @@ class AdminService:
             guild = await session.get(Guild, guild_id)
         return list(guild.allowed_channels) if guild is not None and guild.allowed_channels else []
 
+    async def show_config(self, guild_id: int) -> dict[str, Any]:
+        """The server's policy and default budget as stored: None where the host's default applies."""
+        async with self.db.sessions() as session:
+            guild = await session.get(Guild, guild_id)
+        fields = (*CONFIG_FIELDS, *QUOTA_FIELDS)
+        shown: dict[str, Any] = {name: getattr(guild, name) if guild is not None else None for name in fields}
+        for name in ("allowed_channels", "allowed_models", "banned_words"):
+            shown[name] = list(shown[name] or [])
+        shown["nsfw_policy"] = shown["nsfw_policy"] or "block"
+        shown["flagged_images"] = shown["flagged_images"] or "blur"
+        return shown
+
+    async def set_channel(
+        self, *, guild_id: int, actor_id: int, channel_id: int, allowed: bool
+    ) -> tuple[bool, list[int]]:
+        """Add a channel to (or remove it from) the channels Atelier answers in; an empty list means
+        every channel. Returns whether the list changed, and the list."""
+        async with self.db.transaction() as session:
+            guild = await self._guild(session, guild_id)
+            current = list(guild.allowed_channels or [])
+            wanted = sorted({*current, channel_id}) if allowed else [c for c in current if c != channel_id]
+            changed = wanted != sorted(current)
+            if changed:
+                guild.allowed_channels = wanted
+                action = "channel.add" if allowed else "channel.remove"
+                self._audit(session, guild_id, actor_id, action, {"channel_id": channel_id})
+        return changed, wanted
+
     async def set_quota(
         self,
         *,
@@ -50,15 +91,15 @@ class AdminService:
         """Set the server default, or a role's or member's override. A limit of -1 means unlimited."""
         unknown = set(limits) - set(QUOTA_FIELDS)
         if unknown:
-            raise InvalidRequest(f"Unknown quota setting(s): {', '.join(sorted(unknown))}.")
+            raise InvalidRequest("admin.unknown_quota_settings", names=", ".join(sorted(unknown)))
         given = {k: v for k, v in limits.items() if v is not None}
         if not given:
-            raise InvalidRequest("Give at least one limit to set.")
+            raise InvalidRequest("admin.no_limit_given")
         for name, value in given.items():
             if value < -1:
-                raise InvalidRequest(f"{name} must be 0 or more (or -1 for unlimited).")
+                raise InvalidRequest("admin.limit_negative", name=name)
         if user_id is not None and role_id is not None:
-            raise InvalidRequest("Set a quota for a member or for a role, not both at once.")
+            raise InvalidRequest("admin.member_or_role")
         values = given  # -1 is stored as is: unlimited here, whatever the server default says
         async with self.db.transaction() as session:
             guild = await self._guild(session, guild_id)
@@ -117,34 +158,22 @@ class AdminService:
     async def configure(self, *, guild_id: int, actor_id: int, **changes: Any) -> dict[str, Any]:
         """Policy settings: nsfw_policy, default_style, expansion_mode, max_side, max_steps, grid_size,
         allowed channels, models and banned words (lists are replaced whole)."""
-        allowed = {
-            "nsfw_policy",
-            "default_style",
-            "expansion_mode",
-            "max_side",
-            "max_steps",
-            "grid_size",
-            "allowed_channels",
-            "allowed_models",
-            "banned_words",
-            "rating_emojis",
-            "flagged_images",
-        }
+        allowed = set(CONFIG_FIELDS)
         changes = {k: v for k, v in changes.items() if v is not None}
         unknown = set(changes) - allowed
         if unknown:
-            raise InvalidRequest(f"Unknown setting(s): {', '.join(sorted(unknown))}.")
+            raise InvalidRequest("admin.unknown_settings", names=", ".join(sorted(unknown)))
         if "nsfw_policy" in changes and changes["nsfw_policy"] not in NSFW_POLICIES:
-            raise InvalidRequest(f"nsfw_policy is one of {', '.join(NSFW_POLICIES)}.")
+            raise InvalidRequest("admin.one_of", name="nsfw_policy", values=", ".join(NSFW_POLICIES))
         if "flagged_images" in changes and changes["flagged_images"] not in ("blur", "withhold"):
-            raise InvalidRequest("flagged_images is blur or withhold.")
+            raise InvalidRequest("admin.one_of", name="flagged_images", values="blur, withhold")
         if "expansion_mode" in changes and changes["expansion_mode"] not in EXPANSION_MODES:
-            raise InvalidRequest(f"expansion_mode is one of {', '.join(EXPANSION_MODES)}.")
+            raise InvalidRequest("admin.one_of", name="expansion_mode", values=", ".join(EXPANSION_MODES))
         for name in ("max_side", "max_steps", "grid_size"):
             if name in changes and int(changes[name]) < 1:
-                raise InvalidRequest(f"{name} must be at least 1.")
+                raise InvalidRequest("admin.at_least_one", name=name)
         if "grid_size" in changes and int(changes["grid_size"]) > 4:
-            raise InvalidRequest("grid_size is at most 4.")
+            raise InvalidRequest("admin.grid_at_most", high=4)
         async with self.db.transaction() as session:
             guild = await self._guild(session, guild_id)
             for name, value in changes.items():

@@ -32,16 +32,16 @@ def _int(flag: str, value: str) -> int:
     try:
         return int(value)
     except ValueError:
-        raise InvalidRequest(f"--{flag} needs a whole number (got “{value}”).") from None
+        raise InvalidRequest("errors.flag_whole_number", flag=flag, got=value[:20]) from None
 
 
 def parse_aspect(value: str) -> tuple[int, int]:
     match = re.fullmatch(r"\s*(\d{1,3})\s*[:/x]\s*(\d{1,3})\s*", value)
     if not match:
-        raise InvalidRequest(f"--ar needs a ratio like 16:9 (got “{value}”).")
+        raise InvalidRequest("errors.aspect_format", got=value[:20])
     w, h = int(match[1]), int(match[2])
     if not w or not h or max(w / h, h / w) > 4:
-        raise InvalidRequest("--ar must be between 1:4 and 4:1.")
+        raise InvalidRequest("errors.aspect_range")
     return w, h
 
 
@@ -54,19 +54,17 @@ def parse_inline(text: str) -> InlineOptions:
         end = matches[i + 1].start() if i + 1 < len(matches) else len(text)
         value = text[match.end() : end].strip()
         if flag not in KNOWN_FLAGS:
-            raise InvalidRequest(
-                f"Unknown option --{flag}. Known: --ar, --seed, --no, --steps, --style, --raw, --count."
-            )
+            raise InvalidRequest("errors.flag_unknown", flag=flag[:20])
         if flag in options.given:
-            raise InvalidRequest(f"--{flag} is given twice.")
+            raise InvalidRequest("errors.flag_twice", flag=flag)
         options.given.add(flag)
         if flag == "raw":
             if value:
-                raise InvalidRequest("--raw takes no value; put it after the other options or at the end.")
+                raise InvalidRequest("errors.raw_value")
             options.raw = True
             continue
         if not value:
-            raise InvalidRequest(f"--{flag} needs a value.")
+            raise InvalidRequest("errors.flag_value", flag=flag)
         if flag in ("ar", "aspect"):
             options.aspect = parse_aspect(value)
         elif flag == "seed":

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from bot import i18n
 from bot.config import Settings
 from bot.db.models import Guild, Job, Member, ModerationEvent, Usage
 from bot.errors import InvalidRequest, NotFound, PolicyRefused, Unavailable
@@ -83,6 +84,44 @@ class Resolved:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """What a request may ask for on one server with one model: the model's range within the host's and
+    the server's limits. /imagine's suggestions and validate() both read it."""
+
+    max_side: int
+    max_steps: int
+    default_steps: int
+    side: int  # the model's native side
+    multiple: int
+    default_style: str | None = None
+
+    def sizes(self) -> list[tuple[int, int]]:
+        """Common shapes at the model's native size, within the server's limit."""
+        shapes = [(1, 1), (3, 2), (2, 3), (16, 9), (9, 16)]
+        found = []
+        for aspect in shapes:
+            width, height = size_for_aspect(aspect, self.side, self.multiple, MIN_SIDE)
+            if max(width, height) <= self.max_side and (width, height) not in found:
+                found.append((width, height))
+        return found
+
+
+def limits_for(settings: Settings, guild: Guild | None, model: str) -> Limits:
+    profile = profile_for(model)
+    max_side = min(settings.max_side, guild.max_side if guild and guild.max_side else settings.max_side)
+    guild_max_steps = guild.max_steps if guild and guild.max_steps else settings.max_steps
+    max_steps = min(profile.max_steps, settings.max_steps, guild_max_steps)
+    return Limits(
+        max_side=max_side,
+        max_steps=max_steps,
+        default_steps=min(profile.steps, max_steps),
+        side=profile.side,
+        multiple=profile.multiple,
+        default_style=guild.default_style if guild else None,
+    )
+
+
+@dataclass(frozen=True)
 class Progress:
     status: str
     position: int
@@ -92,16 +131,19 @@ class Progress:
     model: str = ""
     engine_online: bool = True
 
-    def describe(self) -> str:
+    def describe(self, locale: str = i18n.DEFAULT_LOCALE) -> str:
         """What a member reads; it changes only when something they would notice does (the state, the
         place in line, the step, the ETA's minute), so that an unchanged text costs no edit."""
         if self.status == JobStatus.RUNNING:
-            return f"🎨 Drawing… step {self.step or 0} of {self.steps}"
+            return i18n.text(locale, "progress.running", step=self.step or 0, steps=self.steps)
         minutes = round(self.eta_seconds / 60)
         if not self.engine_online:
-            return f"⏳ Queued: position {self.position}; no engine online for model {self.model}"
-        eta = f", about {minutes} min" if minutes >= 1 else ", under a minute" if self.eta_seconds >= 1 else ""
-        return f"⏳ Queued: position {self.position}{eta}"
+            return i18n.text(locale, "progress.queued_no_engine", position=self.position, model=self.model)
+        if minutes >= 1:
+            return i18n.text(locale, "progress.queued_minutes", position=self.position, minutes=minutes)
+        if self.eta_seconds >= 1:
+            return i18n.text(locale, "progress.queued_under_a_minute", position=self.position)
+        return i18n.text(locale, "progress.queued_at", position=self.position)
 
 
 def _first(*values: Any) -> Any:
@@ -125,7 +167,7 @@ def parse_size(text: str) -> tuple[int, int]:
     except ValueError:
         pass
     shown = text if len(text) <= 20 else text[:20] + "…"  # an error is one short line, never the input echoed
-    raise InvalidRequest(f"Size “{shown}” is not WIDTHxHEIGHT, for example 512x768.")
+    raise InvalidRequest("errors.size_format", shown=shown)
 
 
 class JobService:
@@ -157,18 +199,19 @@ class JobService:
         preferences = preferences or {}
         if _has_lone_surrogates(request.prompt):
             # Undecodable bytes (a broken paste): the tokenizer and the database would fail on them later.
-            raise InvalidRequest("The prompt has characters that are not valid text; type or paste it again.")
+            raise InvalidRequest("errors.prompt_broken_text")
         inline = parse_inline(request.prompt)
         prompt = inline.prompt
         if not prompt:
-            raise InvalidRequest("The prompt is empty: describe the image you want.")
+            raise InvalidRequest("errors.prompt_empty")
         if len(prompt) > MAX_PROMPT_CHARS:
-            raise InvalidRequest(f"The prompt is {len(prompt)} characters; the limit is {MAX_PROMPT_CHARS}.")
+            raise InvalidRequest("errors.prompt_too_long", length=len(prompt), limit=MAX_PROMPT_CHARS)
         model = request.model or self.settings.image_model
         if request.model and guild is not None and guild.allowed_models and model not in guild.allowed_models:
-            raise PolicyRefused(f"Model {model} is not allowed on this server.")
+            raise PolicyRefused("errors.model_not_allowed", model=model)
         profile = profile_for(model)
-        max_side = min(self.settings.max_side, (guild.max_side if guild and guild.max_side else self.settings.max_side))
+        limits = limits_for(self.settings, guild, model)
+        max_side = limits.max_side
         width, height = request.width, request.height
         aspect = inline.aspect or (parse_aspect(preferences["aspect"]) if preferences.get("aspect") else None)
         if width is None and height is None and aspect is not None:
@@ -177,24 +220,23 @@ class JobService:
         height = height or profile.side
         for name, value in (("width", width), ("height", height)):
             if not MIN_SIDE <= value <= max_side:
-                raise InvalidRequest(f"The {name} must be between {MIN_SIDE} and {max_side} pixels (got {value}).")
+                raise InvalidRequest(f"errors.{name}_range", low=MIN_SIDE, high=max_side, got=value)
             if value % profile.multiple:
-                raise InvalidRequest(f"The {name} must be a multiple of {profile.multiple} (got {value}).")
-        guild_max_steps = guild.max_steps if guild and guild.max_steps else self.settings.max_steps
-        max_steps = min(profile.max_steps, self.settings.max_steps, guild_max_steps)
-        steps = _first(request.steps, inline.steps, min(profile.steps, max_steps))
+                raise InvalidRequest(f"errors.{name}_multiple", multiple=profile.multiple, got=value)
+        max_steps = limits.max_steps
+        steps = _first(request.steps, inline.steps, limits.default_steps)
         if not 1 <= steps <= max_steps:
-            raise InvalidRequest(f"Steps must be between 1 and {max_steps} (got {steps}).")
+            raise InvalidRequest("errors.steps_range", high=max_steps, got=steps)
         seed = _first(request.seed, inline.seed)
         if seed is not None and not 0 <= seed < SEED_LIMIT:
-            raise InvalidRequest(f"The seed must be between 0 and {SEED_LIMIT - 1}.")
+            raise InvalidRequest("errors.seed_range", high=SEED_LIMIT - 1)
         count = _first(
             request.count, inline.count, preferences.get("count"), guild.grid_size if guild else None, profile.grid
         )
         if not 1 <= count <= MAX_COUNT:
-            raise InvalidRequest(f"You can ask for 1 to {MAX_COUNT} images at once.")
+            raise InvalidRequest("errors.count_range", high=MAX_COUNT)
         if request.strength is not None and not 0.0 < request.strength <= 1.0:
-            raise InvalidRequest("Strength must be greater than 0 and at most 1.")
+            raise InvalidRequest("errors.strength_range")
         spec = JobSpec(
             kind=request.kind,
             member_prompt=prompt,
@@ -216,7 +258,7 @@ class JobService:
 
     async def _check_policy(self, request: ImagineRequest, guild: Guild | None, text: str) -> None:
         if guild is not None and guild.allowed_channels and request.channel_id not in guild.allowed_channels:
-            raise PolicyRefused("Atelier is not enabled in this channel; try one of the server's art channels.")
+            raise PolicyRefused("errors.channel_not_enabled")
         nsfw_allowed = bool(guild and guild.nsfw_policy == "allow" and request.channel_nsfw)
         verdict = check_prompt(text, banned_words=guild.banned_words if guild else (), nsfw_allowed=nsfw_allowed)
         if not verdict.allowed:
@@ -227,7 +269,7 @@ class JobService:
                     )
                 )
             log.info("refused a prompt from user %s in guild %s: %s", request.user_id, request.guild_id, verdict.reason)
-            raise PolicyRefused(verdict.reason)
+            raise PolicyRefused(verdict.key, **verdict.params)
 
     async def submit(self, request: ImagineRequest) -> JobRecord:
         """Validate, refuse (ban, policy, quota) before any model time is spent, expand, then reserve
@@ -237,7 +279,7 @@ class JobService:
             guild = await session.get(Guild, request.guild_id)
             member = await session.get(Member, (request.guild_id, request.user_id))
         if member is not None and member.banned:
-            raise PolicyRefused("You are not allowed to use Atelier on this server.")
+            raise PolicyRefused("errors.banned")
         preferences = dict(member.preferences) if member is not None and member.preferences else {}
         resolved = self.validate(request, guild, preferences)
         spec = resolved.spec
@@ -299,9 +341,7 @@ class JobService:
                 )
                 # The member hears it now, from the refusal below: no "failed" post from the delivery loop.
                 await session.execute(update(Job).where(Job.id == job.id).values(delivered_at=utcnow()))
-            raise Unavailable(
-                "The image queue is unavailable right now; nothing was charged. Try again soon."
-            ) from None
+            raise Unavailable("errors.queue_unavailable") from None
 
     async def _expand(self, request: ImagineRequest, guild: Guild | None, resolved: Resolved) -> Expansion:
         spec = resolved.spec
@@ -327,8 +367,11 @@ class JobService:
                 # A server that chose the presets gets them even where the host runs the LLM.
                 use_llm=not (guild and guild.expansion_mode == "presets"),
             )
-        except ValueError as error:  # an unknown style, for instance
-            raise InvalidRequest(str(error)) from error
+        except ValueError as error:  # the one ValueError here: a style no preset has
+            from bot.services.expansion import STYLES
+
+            shown = (resolved.style or "")[:50]
+            raise InvalidRequest("errors.unknown_style", style=shown, styles=", ".join(sorted(STYLES))) from error
 
     async def _ensure_member(self, session, request: ImagineRequest) -> None:  # type: ignore[no-untyped-def]
         await session.execute(sqlite_insert(Guild).values(id=request.guild_id).on_conflict_do_nothing())
@@ -342,8 +385,21 @@ class JobService:
         async with self.db.sessions() as session:
             job = await session.get(Job, job_id)
             if job is None:
-                raise NotFound(f"No job {job_id}.")
+                raise NotFound("errors.no_job", job_id=job_id[:40])
             return JobRecord.of(job)
+
+    async def limits(self, guild_id: int, model: str | None = None) -> Limits:
+        async with self.db.sessions() as session:
+            guild = await session.get(Guild, guild_id)
+        return limits_for(self.settings, guild, model or self.settings.image_model)
+
+    async def visible_to(self, job_id: str, *, guild_id: int | None, user_id: int) -> JobRecord:
+        """A job as /info may show it: in a server, only that server's jobs; in a direct message, only the
+        member's own. Anything else reads as missing, so an id from another server reveals nothing."""
+        job = await self.get(job_id)
+        if (job.guild_id != guild_id) if guild_id is not None else (job.user_id != user_id):
+            raise NotFound("errors.no_job", job_id=job_id[:40])
+        return job
 
     async def wait(self, job_id: str, *, timeout: float | None = None, poll_seconds: float = 0.1) -> JobRecord:
         """Poll until the job ends. Polling a WAL database is cheap and needs no extra channel."""
@@ -357,7 +413,7 @@ class JobService:
     async def cancel(self, job_id: str, *, user_id: int | None = None) -> str:
         job = await self.get(job_id)
         if user_id is not None and job.user_id != user_id:
-            raise PolicyRefused("Only the member who asked for this image can cancel it.")
+            raise PolicyRefused("errors.cancel_not_yours")
         status = await self.queue.cancel(job_id)
         return status or "missing"
 
@@ -377,14 +433,14 @@ class JobService:
         async with self.db.transaction() as session:
             job = await session.get(Job, job_id)
             if job is None:
-                raise NotFound(f"No job {job_id}.")
+                raise NotFound("errors.no_job", job_id=job_id[:40])
             if JobRecord.of(job).delivery == "undeliverable":
                 # The image exists; only posting it failed: try posting again, not drawing it again.
                 job.delivery_attempts, job.next_delivery_at = 0, None
                 await session.flush()
                 return JobRecord.of(job)
             if job.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
-                raise InvalidRequest(f"Only failed or cancelled jobs can be retried; {job_id} is {job.status}.")
+                raise InvalidRequest("errors.retry_state", job_id=job_id, status=job.status)
             job.status = JobStatus.QUEUED
             job.attempts = 0
             job.cancel_requested = False
@@ -403,7 +459,7 @@ class JobService:
         """A variation (img2img, fresh seeds) or an upscale (2×, enhanced) of one image of a finished job."""
         parent = await self.get(parent_id)
         if parent.status != JobStatus.SUCCEEDED or not 0 <= index < len(parent.images):
-            raise InvalidRequest("That image is not available any more.")
+            raise InvalidRequest("errors.image_gone")
         image = parent.images[index]
         common = {
             "prompt": parent.member_prompt,
@@ -430,7 +486,7 @@ class JobService:
         multiple = profile_for(model).multiple
         factor = min(2.0, self.settings.max_side / max(width, height))
         if factor <= 1.0:
-            raise InvalidRequest("This image is already as large as this server allows.")
+            raise InvalidRequest("errors.already_largest")
         return (int(width * factor) // multiple * multiple, int(height * factor) // multiple * multiple)
 
     async def set_preferences(self, guild_id: int, user_id: int, **changes: Any) -> dict[str, Any]:
@@ -440,7 +496,7 @@ class JobService:
             from bot.services.expansion import STYLES
 
             if style.lower() not in STYLES:
-                raise InvalidRequest(f"Unknown style {style}. Styles: {', '.join(sorted(STYLES))}.")
+                raise InvalidRequest("errors.unknown_style", style=style[:50], styles=", ".join(sorted(STYLES)))
             changes["style"] = style.lower()
         async with self.db.transaction() as session:
             await session.execute(sqlite_insert(Guild).values(id=guild_id).on_conflict_do_nothing())
@@ -458,7 +514,7 @@ class JobService:
         async with self.db.sessions() as session:
             job = await session.get(Job, job_id)
             if job is None:
-                raise NotFound(f"No job {job_id}.")
+                raise NotFound("errors.no_job", job_id=job_id[:40])
             ahead = 0
             if job.status == JobStatus.QUEUED:
                 ahead = (

@@ -5,7 +5,10 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
+
+from bot import i18n
 
 # Kept short and unambiguous: false positives on a busy server annoy more than they protect.
 BUILTIN_PATTERNS: tuple[str, ...] = (
@@ -28,22 +31,28 @@ def _normalise(text: str) -> str:
 @dataclass(frozen=True)
 class Verdict:
     allowed: bool
-    reason: str = ""
+    key: str = ""  # the catalog key of the member's explanation
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def reason(self) -> str:
+        """In English, for the moderation log."""
+        return i18n.text(i18n.DEFAULT_LOCALE, self.key, **self.params) if self.key else ""
 
 
 def check_prompt(text: str, *, banned_words: Iterable[str] = (), nsfw_allowed: bool = False) -> Verdict:
     folded = _normalise(text) + " " + text.casefold()
     for pattern in BUILTIN_PATTERNS:
         if re.search(pattern, folded):
-            return Verdict(False, "This request is not allowed here.")
+            return Verdict(False, "moderation.not_allowed")
     for listed in banned_words:
         # Both sides folded: a "CRÈME" ban catches "creme", and a "CREME" ban catches "Crème".
         word = listed.strip()
         variants = {w for w in (_normalise(word), word.casefold()) if w}
         if any(re.search(rf"(?<!\w){re.escape(w)}(?!\w)", folded) for w in variants):
-            return Verdict(False, f"This server does not allow “{word[:50]}” in prompts.")
+            return Verdict(False, "moderation.banned_word", {"word": word[:50]})
     if not nsfw_allowed:
         for pattern in NSFW_PATTERNS:
             if re.search(pattern, folded):
-                return Verdict(False, "NSFW requests are only allowed in NSFW channels of servers that permit them.")
+                return Verdict(False, "moderation.nsfw")
     return Verdict(True)

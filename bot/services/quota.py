@@ -184,10 +184,7 @@ class QuotaService:
         usage = await self.summary(session, guild, guild_id, user_id, role_ids, now)
         budget = usage.budget
         if budget.max_concurrent is not None and usage.running >= budget.max_concurrent:
-            raise QuotaExceeded(
-                f"You already have {usage.running} image job(s) waiting or running "
-                f"(limit {budget.max_concurrent}). Try again when one finishes."
-            )
+            raise QuotaExceeded("quota.concurrent", running=usage.running, limit=budget.max_concurrent)
         if budget.cooldown_seconds:
             last = (
                 await session.execute(
@@ -199,16 +196,14 @@ class QuotaService:
             if last is not None and (now - last).total_seconds() < budget.cooldown_seconds:
                 ready = last + timedelta(seconds=budget.cooldown_seconds)
                 wait = max(1, int((ready - now).total_seconds() + 0.999))
-                raise QuotaExceeded(f"Slow down: you can ask again in {wait}s.", resets_at=ready)
+                raise QuotaExceeded("quota.cooldown", wait=wait, resets_at=ready)
         left = usage.images_left
         if left is not None and images > left:
             raise QuotaExceeded(
-                f"Daily limit reached: {left} image(s) left of {budget.images_per_day}, this needs {images}.",
-                resets_at=usage.resets_at,
+                "quota.daily_images", left=left, limit=budget.images_per_day, needs=images, resets_at=usage.resets_at
             )
         compute_left = usage.compute_left
         if compute_left is not None and compute_units > compute_left:
             raise QuotaExceeded(
-                f"Daily compute limit reached: {compute_left:g} unit(s) left, this needs {compute_units:g}.",
-                resets_at=usage.resets_at,
+                "quota.daily_compute", left=compute_left, needs=compute_units, resets_at=usage.resets_at
             )

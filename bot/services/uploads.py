@@ -33,7 +33,7 @@ def save_upload(
 ) -> tuple[Path, int, int]:
     """Validate an image and store it as PNG at a size the model takes; returns (path, width, height)."""
     if len(data) > byte_limit:
-        raise InvalidRequest(f"The image is {len(data) / 2**20:.1f} MiB; the limit is {byte_limit / 2**20:.0f} MiB.")
+        raise InvalidRequest("errors.upload_too_large", size=len(data) / 2**20, limit=byte_limit / 2**20)
     try:
         with warnings.catch_warnings():
             # Pillow only warns between its limit and twice it; treat any bomb warning as an error.
@@ -42,21 +42,19 @@ def save_upload(
                 image_format = probe.format
                 width, height = probe.size
                 if image_format not in ALLOWED_FORMATS:
-                    raise InvalidRequest("Attach a PNG, JPEG or WebP image.")
+                    raise InvalidRequest("errors.upload_format")
                 if width * height > MAX_PIXELS:
-                    raise InvalidRequest(f"The image is {width}×{height}; at most {MAX_PIXELS // 10**6} megapixels.")
+                    raise InvalidRequest("errors.upload_too_many_pixels", width=width, height=height, limit=MAX_PIXELS // 10**6)
                 if min(width, height) < MIN_SIDE:
-                    raise InvalidRequest(
-                        f"The image is {width}×{height}; each side must be at least {MIN_SIDE} pixels."
-                    )
+                    raise InvalidRequest("errors.upload_too_small", width=width, height=height, low=MIN_SIDE)
                 probe.load()
                 image = as_rgb(probe)
     except InvalidRequest:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise InvalidRequest("That image expands to far too many pixels.") from None
+        raise InvalidRequest("errors.upload_bomb") from None
     except Exception:
-        raise InvalidRequest("That file is not an image Atelier can read.") from None
+        raise InvalidRequest("errors.upload_unreadable") from None
     scale = min(1.0, max_side / max(image.size))
     new_width = max(multiple, int(image.width * scale) // multiple * multiple)
     new_height = max(multiple, int(image.height * scale) // multiple * multiple)

@@ -11,9 +11,11 @@ from typing import TYPE_CHECKING, Any
 
 import discord
 
+from bot import i18n
 from bot.services.delivery import DEFAULT_UPLOAD_LIMIT, Attachment, blur, fit_upload, grid
 from bot.services.records import JobRecord
 from bot.ui.messages import result_embed
+from bot.ui.translator import guild_locale, locale_of
 from bot.ui.views import result_view
 
 if TYPE_CHECKING:
@@ -29,7 +31,9 @@ async def deliver_job(bot: AtelierBot, job: JobRecord) -> None:
     try:
         channel = bot.get_channel(job.channel_id) if job.channel_id else None
         action = await bot.delivery.flagged_action(job, channel_nsfw=bool(getattr(channel, "nsfw", False)))
-        reply = await _reply_for(job, upload_limit=_upload_limit(bot, job), action=action)
+        # The requester's language while their interaction is known; after a restart, the server's.
+        locale = locale_of(pending.interaction) if pending is not None else guild_locale(bot.get_guild(job.guild_id))
+        reply = await _reply_for(job, upload_limit=_upload_limit(bot, job), action=action, locale=locale)
         message = None
         if pending is not None and pending.usable:
             message = await _send_followup(pending, job, reply)
@@ -103,21 +107,25 @@ async def _read_images(job: JobRecord) -> list[bytes]:
     return await asyncio.to_thread(lambda: [Path(path).read_bytes() for path in job.image_paths])
 
 
-async def _reply_for(job: JobRecord, *, upload_limit: int, action: str = "show") -> Reply:
+async def _reply_for(
+    job: JobRecord, *, upload_limit: int, action: str = "show", locale: str = i18n.DEFAULT_LOCALE
+) -> Reply:
+    prompt = job.member_prompt[:200]
     if job.status != "succeeded":
         if job.status == "cancelled":
-            reason = f"was cancelled: {job.error}" if job.error and job.error != "cancelled" else "was cancelled"
-        else:
-            reason = f"failed: {(job.error or 'unknown error')[:300]}"
-        return Reply(content=f"Your image for “{job.member_prompt[:200]}” {reason}. Nothing was charged.")
+            if job.error and job.error != "cancelled":
+                return Reply(content=i18n.text(locale, "result.cancelled_because", prompt=prompt, reason=job.error))
+            return Reply(content=i18n.text(locale, "result.cancelled", prompt=prompt))
+        reason = (job.error or i18n.text(locale, "result.unknown_error"))[:300]
+        return Reply(content=i18n.text(locale, "result.failed", prompt=prompt, reason=reason))
     if action == "withhold":
-        return Reply(content=f"Your image for “{job.member_prompt[:200]}” was withheld by this server's image filter.")
+        return Reply(content=i18n.text(locale, "result.withheld", prompt=prompt))
     pngs = await _read_images(job)
     # A single image goes out as the engine encoded it; only a grid or a blur is drawn anew.
     png = pngs[0] if len(pngs) == 1 else await asyncio.to_thread(grid, pngs)
     if action == "blur":
         png = await asyncio.to_thread(blur, png)
     attachment = await asyncio.to_thread(fit_upload, png, job.id, upload_limit)
-    embed = result_embed(job)
+    embed = result_embed(job, locale)
     embed.set_image(url=f"attachment://{attachment.filename}")
     return Reply(embed=embed, attachment=attachment, view=result_view(job))

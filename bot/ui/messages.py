@@ -1,4 +1,5 @@
-"""What a job looks like in Discord: the result embed and the /info answer, within Discord's limits."""
+"""What a job looks like in Discord: the result embed and the /info answer, within Discord's limits,
+in the member's language."""
 
 from __future__ import annotations
 
@@ -8,31 +9,44 @@ from typing import Any
 
 import discord
 
+from bot import i18n
 from bot.services.records import JobRecord
 
 MESSAGE_LIMIT = 2000
 
 
-def result_embed(job: JobRecord) -> discord.Embed:
+def expansion_label(source: str, locale: str) -> str:
+    """How the model's prompt was written, in words (never "fallback")."""
+    key = f"result.source.{source}"
+    return i18n.text(locale, key) if i18n.has(key) else source
+
+
+def result_embed(job: JobRecord, locale: str = i18n.DEFAULT_LOCALE) -> discord.Embed:
+    def t(key: str, **params: object) -> str:
+        return i18n.text(locale, key, **params)
+
     embed = discord.Embed(title=job.member_prompt[:256], colour=discord.Colour.blurple())
     if job.model_prompt != job.member_prompt:
-        embed.add_field(name=f"Expanded prompt ({job.expansion_source})", value=job.model_prompt[:1024], inline=False)
+        name = t("result.expanded", how=expansion_label(job.expansion_source, locale))
+        embed.add_field(name=name[:256], value=job.model_prompt[:1024], inline=False)
     if job.negative_prompt:
-        embed.add_field(name="Negative", value=job.negative_prompt[:1024], inline=False)
-    embed.add_field(name="Seed", value=str(job.seed))
-    embed.add_field(name="Model", value=job.model)
-    embed.add_field(name="Size", value=f"{job.width}×{job.height}, {job.steps} steps")
-    embed.set_footer(text=f"job {job.id}")
+        embed.add_field(name=t("result.negative"), value=job.negative_prompt[:1024], inline=False)
+    embed.add_field(name=t("result.seed"), value=str(job.seed))
+    embed.add_field(name=t("result.model"), value=job.model)
+    embed.add_field(
+        name=t("result.size"), value=t("result.size_value", width=job.width, height=job.height, steps=job.steps)
+    )
+    embed.set_footer(text=t("result.footer", job_id=job.id))
     return embed
 
 
-def info_message(job: JobRecord) -> dict[str, Any]:
+def info_message(job: JobRecord, locale: str = i18n.DEFAULT_LOCALE) -> dict[str, Any]:
     """The job's full record: in the message while it fits Discord's 2,000 characters, else as a file."""
     text = json.dumps(job.to_dict(), indent=1, ensure_ascii=False, default=str)
     block = f"```json\n{text}\n```"
     if len(block) <= MESSAGE_LIMIT:
         return {"content": block}
     return {
-        "content": f"Job {job.id}: the full record is attached.",
+        "content": i18n.text(locale, "result.record_attached", job_id=job.id),
         "file": discord.File(io.BytesIO(text.encode()), filename=f"job-{job.id}.json"),
     }

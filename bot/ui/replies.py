@@ -6,8 +6,9 @@ import logging
 
 import discord
 
-from bot.errors import InvalidRequest
+from bot.errors import AtelierError, InvalidRequest
 from bot.services.jobs import ImagineRequest
+from bot.ui.translator import error_text, locale_of
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,11 @@ async def reply_error(interaction: discord.Interaction, message: str) -> None:
         log.warning("could not tell a member: %s", message)
 
 
+async def reply_refusal(interaction: discord.Interaction, error: AtelierError) -> None:
+    """A refusal raised anywhere under a command or a button, in the member's language."""
+    await reply_error(interaction, error_text(locale_of(interaction), error))
+
+
 def member_context(interaction: discord.Interaction) -> dict[str, object]:
     """Who asked, where, with which roles: what quota and policy decisions depend on."""
     channel = interaction.channel
@@ -47,5 +53,5 @@ def member_context(interaction: discord.Interaction) -> dict[str, object]:
 def request_from(interaction: discord.Interaction, prompt: str, **options: object) -> ImagineRequest:
     if interaction.guild_id is None:
         # Quotas, policy and ratings are per server: a direct message has none to charge or apply.
-        raise InvalidRequest("Atelier works in servers; use it in a channel of one.")
+        raise InvalidRequest("errors.servers_only")
     return ImagineRequest(prompt=prompt, **member_context(interaction), **options)  # type: ignore[arg-type]

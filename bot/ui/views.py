@@ -9,11 +9,13 @@ from typing import TYPE_CHECKING
 
 import discord
 
-from bot.errors import AtelierError
+from bot import i18n
+from bot.errors import AtelierError, PolicyRefused
 from bot.services.jobs import ImagineRequest
 from bot.services.records import JobRecord
 from bot.ui.messages import info_message
-from bot.ui.replies import member_context, reply_error, request_from
+from bot.ui.replies import member_context, reply_refusal, request_from
+from bot.ui.translator import locale_of, say
 
 if TYPE_CHECKING:
     from bot.app import AtelierBot
@@ -32,15 +34,15 @@ async def submit_and_track(bot: AtelierBot, interaction: discord.Interaction, re
         f"**{discord.utils.escape_markdown(job.member_prompt[:200])}**\n-# {discord.utils.escape_markdown(shown[:300])}"
     )
     status_message = None
+    queued = f"{header}\n{say(interaction, 'progress.queued')}"
+    view = status_view(job.id, locale_of(interaction))
     try:
         if interaction.type is discord.InteractionType.application_command:
-            await interaction.edit_original_response(content=f"{header}\n⏳ Queued", view=status_view(job.id))
+            await interaction.edit_original_response(content=queued, view=view)
         else:
             # A button or modal was answered with a silent defer (see defer_quietly): the status is a
             # public follow-up of its own, and the clicked message stays as it was.
-            status_message = await interaction.followup.send(
-                f"{header}\n⏳ Queued", view=status_view(job.id), wait=True
-            )
+            status_message = await interaction.followup.send(queued, view=view, wait=True)
     except discord.HTTPException:
         log.info("could not show the queued status of job %s", job.id)
     bot.track(job.id, interaction, header, status_message)
@@ -53,9 +55,9 @@ async def defer_quietly(interaction: discord.Interaction) -> None:
     await interaction.response.defer()
 
 
-def status_view(job_id: str) -> discord.ui.View:
+def status_view(job_id: str, locale: str = i18n.DEFAULT_LOCALE) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
-    view.add_item(CancelButton(job_id))
+    view.add_item(CancelButton(job_id, label=i18n.text(locale, "buttons.cancel")))
     return view
 
 
@@ -69,6 +71,7 @@ def result_view(job: JobRecord) -> discord.ui.View:
     view.add_item(RerollButton(job.id))
     view.add_item(EditPromptButton(job.id))
     view.add_item(InfoButton(job.id))
+    view.add_item(DeleteButton(job.id))
     return view
 
 
@@ -97,7 +100,7 @@ class _AnswersErrors:
             await self.run(interaction)
         except AtelierError as error:
             interaction.client.metrics.refused(error)  # type: ignore[attr-defined]
-            await reply_error(interaction, str(error))
+            await reply_refusal(interaction, error)
 
     async def run(self, interaction: discord.Interaction) -> None:
         raise NotImplementedError
@@ -111,11 +114,11 @@ class _JobButton(_AnswersErrors, discord.ui.DynamicItem[discord.ui.Button], temp
     emoji: str | None = None
     style = discord.ButtonStyle.secondary
 
-    def __init__(self, job_id: str) -> None:
+    def __init__(self, job_id: str, *, label: str | None = None) -> None:
         self.job_id = job_id
         super().__init__(
             discord.ui.Button(
-                label=self.label or None,
+                label=label or self.label or None,
                 emoji=self.emoji,
                 style=self.style,
                 custom_id=f"atelier:{self.action}:{job_id}",
@@ -149,8 +152,9 @@ class InfoButton(_JobButton, template=r"atelier:info:" + JOB_ID):  # type: ignor
     emoji = "ℹ️"
 
     async def run(self, interaction: discord.Interaction) -> None:
-        job = await self.load_job(interaction)
-        await interaction.response.send_message(**info_message(job), ephemeral=True)
+        bot: AtelierBot = interaction.client  # type: ignore[assignment]
+        job = await bot.services.jobs.visible_to(self.job_id, guild_id=interaction.guild_id, user_id=interaction.user.id)
+        await interaction.response.send_message(**info_message(job, locale_of(interaction)), ephemeral=True)
 
 
 class CancelButton(_JobButton, template=r"atelier:cancel:" + JOB_ID):  # type: ignore[call-arg]
@@ -161,7 +165,8 @@ class CancelButton(_JobButton, template=r"atelier:cancel:" + JOB_ID):  # type: i
     async def run(self, interaction: discord.Interaction) -> None:
         bot: AtelierBot = interaction.client  # type: ignore[assignment]
         status = await bot.services.jobs.cancel(self.job_id, user_id=interaction.user.id)
-        await interaction.response.send_message(f"Job {status}.", ephemeral=True)
+        key = {"cancelled": "cancel.cancelled", "cancelling": "cancel.cancelling", "missing": "cancel.missing"}
+        await interaction.response.send_message(say(interaction, key.get(status, "cancel.finished")), ephemeral=True)
 
 
 class _ImageButton(  # type: ignore[call-arg]
@@ -215,11 +220,11 @@ class VariationButton(_ImageButton, template=r"atelier:vary:" + JOB_ID + r":(?P<
 
 
 class EditPromptModal(discord.ui.Modal, title="Edit prompt"):
-    def __init__(self, job: JobRecord) -> None:
-        super().__init__(custom_id=f"atelier:edit-modal:{job.id}")
+    def __init__(self, job: JobRecord, locale: str = i18n.DEFAULT_LOCALE) -> None:
+        super().__init__(title=i18n.text(locale, "modal.edit_title"), custom_id=f"atelier:edit-modal:{job.id}")
         self.job = job
         self.prompt: discord.ui.TextInput[EditPromptModal] = discord.ui.TextInput(
-            label="Prompt",
+            label=i18n.text(locale, "modal.prompt"),
             style=discord.TextStyle.paragraph,
             default=job.member_prompt,
             max_length=1000,
@@ -235,7 +240,7 @@ class EditPromptModal(discord.ui.Modal, title="Edit prompt"):
     async def on_error(self, interaction: discord.Interaction, error: Exception) -> None:
         if isinstance(error, AtelierError):
             interaction.client.metrics.refused(error)  # type: ignore[attr-defined]
-            await reply_error(interaction, str(error))
+            await reply_refusal(interaction, error)
             return
         await super().on_error(interaction, error)
 
@@ -245,7 +250,38 @@ class EditPromptButton(_JobButton, template=r"atelier:edit:" + JOB_ID):  # type:
     emoji = "✏️"
 
     async def run(self, interaction: discord.Interaction) -> None:
-        await interaction.response.send_modal(EditPromptModal(await self.load_job(interaction)))
+        job = await self.load_job(interaction)
+        await interaction.response.send_modal(EditPromptModal(job, locale_of(interaction)))
 
 
-DYNAMIC_ITEMS = (RerollButton, InfoButton, CancelButton, UpscaleButton, VariationButton, EditPromptButton)
+def may_delete(job: JobRecord, user_id: int, permissions: discord.Permissions) -> bool:
+    """The member who asked, or a moderator of the channel (Manage Messages)."""
+    return job.user_id == user_id or permissions.manage_messages or permissions.administrator
+
+
+class DeleteButton(_JobButton, template=r"atelier:delete:" + JOB_ID):  # type: ignore[call-arg]
+    action = "delete"
+    emoji = "🗑️"
+
+    async def run(self, interaction: discord.Interaction) -> None:
+        job = await self.load_job(interaction)
+        if not may_delete(job, interaction.user.id, interaction.permissions):
+            raise PolicyRefused("errors.delete_not_yours")
+        await defer_quietly(interaction)
+        if interaction.message is not None:
+            try:
+                await interaction.message.delete()
+            except discord.NotFound:
+                pass  # someone else deleted it first: the member's wish is met
+        log.info("result of job %s deleted by %s", job.id, interaction.user.id)
+
+
+DYNAMIC_ITEMS = (
+    RerollButton,
+    InfoButton,
+    CancelButton,
+    UpscaleButton,
+    VariationButton,
+    EditPromptButton,
+    DeleteButton,
+)

@@ -7,9 +7,10 @@ Each check raises ``Refusal``; the simulator turns it into the same response Dis
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any
+
+import regex
 
 # JSON error codes (discord-api-docs, topics/opcodes-and-status-codes)
 UNKNOWN_CHANNEL = 10003
@@ -39,12 +40,22 @@ MAX_LABEL = 80
 MAX_COMMANDS = 100
 MAX_OPTIONS = 25
 MAX_CHOICES = 25
-COMMAND_NAME = re.compile(r"^[-_'\w\u0900-\u097F\u0E00-\u0E7F]{1,32}$")
+# Application Commands, "Application Command Naming": Unicode letters and numbers in any script, plus
+# Devanagari and Thai (whose vowel signs are marks, not letters), and - _ '; lowercase where a letter has
+# a lowercase form. The `regex` module knows Unicode properties and scripts; `re` does not.
+COMMAND_NAME = regex.compile(r"^[-_'\p{L}\p{N}\p{sc=Deva}\p{sc=Thai}]{1,32}$")
+# Reference, "Locales": the only keys a *_localizations object may have.
+LOCALES = frozenset(
+    "id da de en-GB en-US es-ES es-419 fr hr it lt hu nl no pl pt-BR ro fi sv-SE vi tr cs el bg ru uk hi th "
+    "zh-CN ja zh-TW ko".split()
+)
+MAX_AUTOCOMPLETE_CHOICES = 25
 
 PERMISSIONS = {
     "add_reactions": 1 << 6,
     "view_channel": 1 << 10,
     "send_messages": 1 << 11,
+    "manage_messages": 1 << 13,
     "embed_links": 1 << 14,
     "attach_files": 1 << 15,
     "read_message_history": 1 << 16,
@@ -203,12 +214,24 @@ def check_commands(commands: list[dict[str, Any]]) -> None:
             _check_options(f"{i}.options", command.get("options") or [])
 
 
+def _check_locales(path: str, localizations: dict[str, Any]) -> None:
+    for locale in localizations:
+        if locale not in LOCALES:
+            raise _form_error(f"{path}.{locale}", "LOCALE_INVALID", f"Invalid locale: {locale}")
+
+
+def _valid_name(name: str) -> bool:
+    return bool(COMMAND_NAME.match(name)) and name == name.lower()
+
+
 def _check_named(path: str, node: dict[str, Any], *, slash: bool) -> None:
     name = node.get("name") or ""
-    if slash and (not COMMAND_NAME.match(name) or name != name.lower()):
+    if slash and not _valid_name(name):
         raise _form_error(f"{path}.name", "APPLICATION_COMMAND_INVALID_NAME", "Command name is invalid")
+    _check_locales(f"{path}.name_localizations", node.get("name_localizations") or {})
+    _check_locales(f"{path}.description_localizations", node.get("description_localizations") or {})
     for locale, localized in (node.get("name_localizations") or {}).items():
-        if slash and (not COMMAND_NAME.match(localized) or localized != localized.lower()):
+        if slash and not _valid_name(localized):
             raise _form_error(
                 f"{path}.name_localizations.{locale}", "APPLICATION_COMMAND_INVALID_NAME", "Command name is invalid"
             )
@@ -225,21 +248,36 @@ def _check_named(path: str, node: dict[str, Any], *, slash: bool) -> None:
                 )
 
 
-def _check_options(path: str, options: list[dict[str, Any]]) -> None:
+def _check_options(path: str, options: list[dict[str, Any]], *, depth: int = 0) -> None:
+    """``depth``: 0 under a command, 1 under a subcommand group. Discord nests at most command → group →
+    subcommand, and a name (or its translation in one locale) is unique among its siblings."""
     if len(options) > MAX_OPTIONS:
         raise _too_long(path, MAX_OPTIONS)
     optional_seen = False
     seen: set[str] = set()
+    seen_localized: set[tuple[str, str]] = set()
     for i, option in enumerate(options):
         where = f"{path}.{i}"
         _check_named(where, option, slash=True)
-        if option["name"] in seen:
+        localized = {(locale, name) for locale, name in (option.get("name_localizations") or {}).items()}
+        if option["name"] in seen or localized & seen_localized:
             raise _form_error(
                 f"{where}.name", "APPLICATION_COMMAND_OPTIONS_NAME_ALREADY_EXISTS", "Option names must be unique"
             )
         seen.add(option["name"])
+        seen_localized |= localized
+        if option.get("type") == 2 and depth > 0:
+            raise _form_error(
+                f"{where}.type", "APPLICATION_COMMAND_OPTION_TYPE_INVALID", "Subcommand groups cannot be nested"
+            )
+        if depth == 1 and option.get("type") != 1:
+            raise _form_error(
+                f"{where}.type", "APPLICATION_COMMAND_OPTION_TYPE_INVALID", "A subcommand group holds subcommands only"
+            )
         if option.get("type") in (1, 2):  # subcommand (group): its own options
-            _check_options(f"{where}.options", option.get("options") or [])
+            if depth == 2:
+                raise _form_error(where, "APPLICATION_COMMAND_OPTION_TYPE_INVALID", "Subcommands hold no subcommands")
+            _check_options(f"{where}.options", option.get("options") or [], depth=1 if option["type"] == 2 else 2)
             continue
         if option.get("required"):
             if optional_seen:
@@ -258,7 +296,29 @@ def _check_options(path: str, options: list[dict[str, Any]]) -> None:
                 where, "APPLICATION_COMMAND_AUTOCOMPLETE_CHOICES", "Autocomplete cannot be used with choices"
             )
         for j, choice in enumerate(choices):
-            if not 1 <= len(choice.get("name") or "") <= 100:
-                raise _form_error(
-                    f"{where}.choices.{j}.name", "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 100 in length."
-                )
+            check_choice(f"{where}.choices.{j}", choice)
+
+
+def check_choice(path: str, choice: dict[str, Any]) -> None:
+    """A choice of a command option or of an autocomplete answer: its name and each translation 1–100."""
+    names = [("name", choice.get("name") or "")]
+    localizations = choice.get("name_localizations") or {}
+    _check_locales(f"{path}.name_localizations", localizations)
+    names += [(f"name_localizations.{locale}", text) for locale, text in localizations.items()]
+    for field_path, text in names:
+        if not 1 <= len(text) <= 100:
+            raise _form_error(f"{path}.{field_path}", "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 100 in length.")
+    value = choice.get("value")
+    if isinstance(value, str) and not 1 <= len(value) <= 100:
+        raise _form_error(f"{path}.value", "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 100 in length.")
+
+
+def check_autocomplete(data: dict[str, Any]) -> None:
+    """Interaction response type 8 (APPLICATION_COMMAND_AUTOCOMPLETE_RESULT): at most 25 choices."""
+    choices = data.get("choices")
+    if choices is None:
+        raise _form_error("data.choices", "BASE_TYPE_REQUIRED", "This field is required")
+    if len(choices) > MAX_AUTOCOMPLETE_CHOICES:
+        raise _too_long("data.choices", MAX_AUTOCOMPLETE_CHOICES)
+    for j, choice in enumerate(choices):
+        check_choice(f"data.choices.{j}", choice)

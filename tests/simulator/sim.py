@@ -27,6 +27,7 @@ from tests.simulator.rules import Refusal
 log = logging.getLogger(__name__)
 
 MANAGE_GUILD = 1 << 5
+MANAGE_MESSAGES = 1 << 13
 ADMINISTRATOR = 1 << 3
 EVERYONE_PERMISSIONS = (
     (1 << 10) | (1 << 11) | (1 << 15) | (1 << 16) | (1 << 6) | (1 << 31)
@@ -179,6 +180,7 @@ class ChannelState:
     name: str
     nsfw: bool = False
     bot_denied: int = 0  # permissions taken from the bot in this channel (sim.deny)
+    position: int = 0
 
     @property
     def bot_permissions(self) -> int:
@@ -193,7 +195,7 @@ class ChannelState:
             "type": 0,
             "guild_id": str(self.guild_id),
             "name": self.name,
-            "position": 0,
+            "position": self.position,
             "nsfw": self.nsfw,
             "permission_overwrites": overwrites,
             "topic": None,
@@ -272,16 +274,32 @@ class MemberState:
 
     # ---------------------------------------------------------------- driving
 
-    async def slash(self, command: str, *, channel: ChannelState | None = None, **options: Any) -> InteractionRecord:
-        """Run a slash command (``"imagine"`` or ``"atelier quota set"``) as this member."""
-        return await self.sim.dispatch_command(self, command, channel or self.guild.general, options)
+    async def slash(
+        self, command: str, *, channel: ChannelState | None = None, locale: str = "en-US", **options: Any
+    ) -> InteractionRecord:
+        """Run a slash command (``"imagine"`` or ``"atelier quota set"``) as this member, whose Discord
+        client is set to ``locale`` (``"zh-CN"``…). Options by their default (English) names, as Discord
+        sends them whatever the member's language."""
+        return await self.sim.dispatch_command(self, command, channel or self.guild.general, options, locale=locale)
 
-    async def click(self, message: MessageState, custom_id: str) -> InteractionRecord:
+    async def autocomplete(
+        self, command: str, focused: str, current: str, *, locale: str = "en-US", **options: Any
+    ) -> list[dict[str, Any]]:
+        """Type ``current`` into option ``focused`` and return the choices the bot suggests."""
+        record = await self.sim.dispatch_command(
+            self, command, self.guild.general, {**options, focused: current}, locale=locale, focused=focused
+        )
+        answer = await record.wait_ack()
+        if answer.get("type") != 8:
+            raise AssertionError(f"autocomplete answered with response type {answer.get('type')}")
+        return answer["data"]["choices"]
+
+    async def click(self, message: MessageState, custom_id: str, *, locale: str = "en-US") -> InteractionRecord:
         if custom_id not in message.custom_ids:
             raise AssertionError(f"{custom_id} is not a component of message {message.id}: {message.custom_ids}")
         data = {"custom_id": custom_id, "component_type": 2}
         return await self.sim.dispatch_interaction(
-            self, 3, data, self.sim.channels[message.channel_id], message=message
+            self, 3, data, self.sim.channels[message.channel_id], message=message, locale=locale
         )
 
     async def submit_modal(self, after: InteractionRecord, values: dict[str, str]) -> InteractionRecord:
@@ -324,13 +342,16 @@ class GuildState:
     channels: list[ChannelState] = field(default_factory=list)
     members: list[MemberState] = field(default_factory=list)
     bot_role: RoleState | None = None  # the managed role Discord gives an app on install
+    preferred_locale: str = "en-US"
+    system_channel: ChannelState | None = None  # where Discord posts join messages; None: none set
 
     @property
     def general(self) -> ChannelState:
         return self.channels[0]
 
-    def add_channel(self, name: str, *, nsfw: bool = False) -> ChannelState:
+    def add_channel(self, name: str, *, nsfw: bool = False, position: int | None = None) -> ChannelState:
         channel = ChannelState(self.sim, snowflake(), self.id, name, nsfw)
+        channel.position = len(self.channels) if position is None else position
         self.channels.append(channel)
         self.sim.channels[channel.id] = channel
         return channel
@@ -369,7 +390,8 @@ class GuildState:
             "large": False,
             "unavailable": False,
             "premium_tier": 0,
-            "preferred_locale": "en-US",
+            "preferred_locale": self.preferred_locale,
+            "system_channel_id": str(self.system_channel.id) if self.system_channel else None,
             "verification_level": 0,
             "default_message_notifications": 0,
             "explicit_content_filter": 0,
@@ -422,6 +444,7 @@ class DiscordSimulator:
         self.bot_id = snowflake()
         self.application_id = self.bot_id
         self.token = "simulated.bot.token"
+        self.owner_id = snowflake()  # the application's owner, as GET /oauth2/applications/@me says
         self.guilds: list[GuildState] = []
         self.channels: dict[int, ChannelState] = {}
         self.messages: dict[int, MessageState] = {}
@@ -580,13 +603,24 @@ class DiscordSimulator:
 
     # ---------------------------------------------------------------- state helpers
 
-    def add_guild(self, name: str = "Atelier Test") -> GuildState:
+    def add_guild(self, name: str = "Atelier Test", *, installed: bool = True, locale: str = "en-US") -> GuildState:
+        """A server; ``installed=False``: one the bot is not in yet (see ``join``)."""
         guild_id = snowflake()
         guild = GuildState(self, guild_id, name, RoleState(guild_id, "@everyone", EVERYONE_PERMISSIONS))
         guild.bot_role = RoleState(snowflake(), "Atelier", BOT_PERMISSIONS)
+        guild.preferred_locale = locale
         guild.add_channel("general")
-        self.guilds.append(guild)
+        if installed:
+            self.guilds.append(guild)
         return guild
+
+    async def join(self, guild: GuildState) -> None:
+        """An admin adds the bot to ``guild``: Discord sends GUILD_CREATE without ``unavailable``, which
+        the client reads as joining a new server."""
+        self.guilds.append(guild)
+        data = guild.to_dict()
+        data.pop("unavailable")
+        await self.dispatch("GUILD_CREATE", data)
 
     def bot_user(self) -> dict[str, Any]:
         return {
@@ -699,7 +733,14 @@ class DiscordSimulator:
         raise AssertionError(f"/{name} is not a synced command: {[c['name'] for c in self.commands.get(None, [])]}")
 
     async def dispatch_command(
-        self, member: MemberState, command: str, channel: ChannelState, options: dict[str, Any]
+        self,
+        member: MemberState,
+        command: str,
+        channel: ChannelState,
+        options: dict[str, Any],
+        *,
+        locale: str = "en-US",
+        focused: str | None = None,
     ) -> InteractionRecord:
         root_name, *path = command.split()
         root = self._find_command(member.guild, root_name)
@@ -710,16 +751,26 @@ class DiscordSimulator:
                 raise AssertionError(f"/{command}: no subcommand {name}")
             nested.append(node)
         resolved: dict[str, Any] = {}
-        built = [self._option(node, key, value, resolved) for key, value in options.items()]
-        for spec in node.get("options", []):
-            if spec.get("required") and spec["name"] not in options:
-                raise AssertionError(f"/{command}: option {spec['name']} is required")
+        if focused is not None:
+            # What the member is still typing is sent as text, unchecked, and flagged as focused.
+            spec = next((o for o in node.get("options", []) if o["name"] == focused), None)
+            if spec is None or not spec.get("autocomplete"):
+                raise AssertionError(f"/{command}: option {focused} has no autocomplete")
+            built = [
+                {"name": focused, "type": spec["type"], "value": str(options[focused]), "focused": True},
+                *(self._option(node, k, v, resolved) for k, v in options.items() if k != focused),
+            ]
+        else:
+            built = [self._option(node, key, value, resolved) for key, value in options.items()]
+            for spec in node.get("options", []):
+                if spec.get("required") and spec["name"] not in options:
+                    raise AssertionError(f"/{command}: option {spec['name']} is required")
         for sub in reversed(nested):
             built = [{"name": sub["name"], "type": sub["type"], "options": built}]
         data = {"id": root["id"], "name": root_name, "type": 1, "options": built, "guild_id": str(member.guild.id)}
         if resolved:
             data["resolved"] = resolved
-        return await self.dispatch_interaction(member, 2, data, channel)
+        return await self.dispatch_interaction(member, 4 if focused else 2, data, channel, locale=locale)
 
     def _option(self, node: dict[str, Any], name: str, value: Any, resolved: dict[str, Any]) -> dict[str, Any]:
         spec = next((o for o in node.get("options", []) if o["name"] == name), None)
@@ -769,7 +820,10 @@ class DiscordSimulator:
         channel: ChannelState,
         *,
         message: MessageState | None = None,
+        locale: str = "en-US",
     ) -> InteractionRecord:
+        if locale not in rules.LOCALES:
+            raise AssertionError(f"Discord has no locale {locale!r}")
         record = InteractionRecord(
             self,
             snowflake(),
@@ -794,8 +848,8 @@ class DiscordSimulator:
             "token": record.token,
             "version": 1,
             "app_permissions": str(EVERYONE_PERMISSIONS),
-            "locale": "en-US",
-            "guild_locale": "en-US",
+            "locale": locale,
+            "guild_locale": member.guild.preferred_locale,
             "entitlements": [],
             "authorizing_integration_owners": {"0": str(member.guild.id)},
             "context": 0,
@@ -995,7 +1049,7 @@ class DiscordSimulator:
                         "bot_require_code_grant": False,
                         "verify_key": "0" * 64,
                         "flags": 0,
-                        "owner": {"id": str(snowflake()), "username": "owner", "discriminator": "0", "avatar": None},
+                        "owner": {"id": str(self.owner_id), "username": "owner", "discriminator": "0", "avatar": None},
                         "team": None,
                     }
                 )
@@ -1027,7 +1081,14 @@ class DiscordSimulator:
                 rules.check_permissions(channel.bot_permissions, *(["embed_links"] if payload.get("embeds") else []))
                 message = self._message(channel, message_id)
                 if method == "DELETE":
+                    if message.author["id"] != str(self.bot_id):
+                        # Others' messages need Manage Messages, which Atelier's invite does not ask for.
+                        rules.check_permissions(channel.bot_permissions, "manage_messages")
                     message.deleted = True
+                    await self.dispatch(
+                        "MESSAGE_DELETE",
+                        {"id": str(message.id), "channel_id": str(channel.id), "guild_id": str(channel.guild_id)},
+                    )
                     return web.Response(status=204)
                 if method == "PATCH":
                     rules.check_message(payload, creating=False)
@@ -1106,6 +1167,12 @@ class DiscordSimulator:
                     }
                 },
             )
+        if kind == 8 and record.type != 4:
+            raise Refusal(400, rules.INVALID_FORM_BODY, "Invalid Form Body", {"type": {"_errors": []}})
+        if record.type == 4 and kind != 8:
+            raise Refusal(400, rules.INVALID_FORM_BODY, "Invalid Form Body", {"type": {"_errors": []}})
+        if kind == 8:
+            rules.check_autocomplete(data)
         if kind == 4:
             rules.check_message(data, creating=True, has_files=bool(files))
         elif kind == 7:
