@@ -29,7 +29,7 @@ def parse_age(text: str) -> timedelta:
     """``30d``, ``12h`` or ``90m``."""
     number, unit = text[:-1], text[-1:]
     if unit not in _UNITS or not number.isdigit() or int(number) == 0:
-        raise InvalidRequest(f"“{text[:20]}” is not an age such as 30d, 12h or 90m")
+        raise InvalidRequest("errors.age_format", shown=text[:20])
     return timedelta(seconds=int(number) * _UNITS[unit])
 
 

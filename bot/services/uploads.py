@@ -44,7 +44,9 @@ def save_upload(
                 if image_format not in ALLOWED_FORMATS:
                     raise InvalidRequest("errors.upload_format")
                 if width * height > MAX_PIXELS:
-                    raise InvalidRequest("errors.upload_too_many_pixels", width=width, height=height, limit=MAX_PIXELS // 10**6)
+                    raise InvalidRequest(
+                        "errors.upload_too_many_pixels", width=width, height=height, limit=MAX_PIXELS // 10**6
+                    )
                 if min(width, height) < MIN_SIDE:
                     raise InvalidRequest("errors.upload_too_small", width=width, height=height, low=MIN_SIDE)
                 probe.load()

@@ -38,7 +38,9 @@ async def style_suggestions(interaction: discord.Interaction, current: str) -> l
     ][:MAX_SUGGESTIONS]
 
 
-async def steps_suggestions(interaction: discord.Interaction, current: int | float | str) -> list[app_commands.Choice[int]]:
+async def steps_suggestions(
+    interaction: discord.Interaction, current: int | float | str
+) -> list[app_commands.Choice[int]]:
     """1 to the most steps this model allows on this server (1–8 for the turbo models)."""
     bot: AtelierBot = interaction.client  # type: ignore[assignment]
     limits = await bot.services.jobs.limits(interaction.guild_id or 0)

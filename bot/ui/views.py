@@ -153,7 +153,9 @@ class InfoButton(_JobButton, template=r"atelier:info:" + JOB_ID):  # type: ignor
 
     async def run(self, interaction: discord.Interaction) -> None:
         bot: AtelierBot = interaction.client  # type: ignore[assignment]
-        job = await bot.services.jobs.visible_to(self.job_id, guild_id=interaction.guild_id, user_id=interaction.user.id)
+        job = await bot.services.jobs.visible_to(
+            self.job_id, guild_id=interaction.guild_id, user_id=interaction.user.id
+        )
         await interaction.response.send_message(**info_message(job, locale_of(interaction)), ephemeral=True)
 
 

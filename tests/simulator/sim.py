@@ -275,15 +275,24 @@ class MemberState:
     # ---------------------------------------------------------------- driving
 
     async def slash(
-        self, command: str, *, channel: ChannelState | None = None, locale: str = "en-US", **options: Any
+        self,
+        command: str,
+        /,
+        *,
+        channel: ChannelState | None = None,
+        locale: str = "en-US",
+        options: dict[str, Any] | None = None,
+        **named: Any,
     ) -> InteractionRecord:
-        """Run a slash command (``"imagine"`` or ``"atelier quota set"``) as this member, whose Discord
-        client is set to ``locale`` (``"zh-CN"``…). Options by their default (English) names, as Discord
-        sends them whatever the member's language."""
-        return await self.sim.dispatch_command(self, command, channel or self.guild.general, options, locale=locale)
+        """Run a slash command (``"imagine"`` or ``"atelier quota set"``) in ``channel`` as this member,
+        whose Discord client is set to ``locale`` (``"zh-CN"``…). Options by their default (English)
+        names, as Discord sends them whatever the member's language; ``options`` for one named like a
+        keyword of this method (an option called ``channel``)."""
+        given = {**named, **(options or {})}
+        return await self.sim.dispatch_command(self, command, channel or self.guild.general, given, locale=locale)
 
     async def autocomplete(
-        self, command: str, focused: str, current: str, *, locale: str = "en-US", **options: Any
+        self, command: str, focused: str, current: str, /, *, locale: str = "en-US", **options: Any
     ) -> list[dict[str, Any]]:
         """Type ``current`` into option ``focused`` and return the choices the bot suggests."""
         record = await self.sim.dispatch_command(
