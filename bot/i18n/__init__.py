@@ -54,6 +54,14 @@ def supported(locale: str | None) -> str:
     return DEFAULT_LOCALE
 
 
+def speaks(locale: str | None) -> bool:
+    """Whether a catalog serves this Discord locale's language (en-GB: yes, de: not yet)."""
+    if not locale:
+        return False
+    language = locale.split("-")[0].lower()
+    return any(known.split("-")[0].lower() == language for known in LOCALES)
+
+
 def has(key: str) -> bool:
     return key in catalog(DEFAULT_LOCALE)
 

@@ -66,7 +66,7 @@ class CatalogTranslator(app_commands.Translator):
 def locale_of(interaction: discord.Interaction) -> str:
     """The member's language where Atelier speaks it, else the server's, else English."""
     for candidate in (interaction.locale, interaction.guild_locale):
-        if candidate is not None and i18n.supported(candidate.value) != i18n.DEFAULT_LOCALE:
+        if candidate is not None and i18n.speaks(candidate.value):
             return i18n.supported(candidate.value)
     return i18n.DEFAULT_LOCALE
 

@@ -226,6 +226,15 @@ async def test_messages_carry_discords_types(world: Any) -> None:
     assert record.original.type == REPLY
 
 
+async def test_localized_names_in_any_script_are_accepted(world: Any) -> None:
+    sim, _, client = world
+    names = {"zh-CN": "画图", "hi": "चित्र", "th": "วาดภาพ", "ru": "рисовать", "ko": "그리기_2"}
+    command = {"name": "imagine", "description": "d", "type": 1, "name_localizations": names}
+    route = Route("PUT", "/applications/{application_id}/commands", application_id=sim.application_id)
+    await client.http.request(route, json=[command])
+    assert sim.commands[None][0]["name_localizations"] == names
+
+
 @pytest.mark.parametrize(
     ("command", "where"),
     [
@@ -263,6 +272,54 @@ async def test_messages_carry_discords_types(world: Any) -> None:
             },
             "choices",
         ),
+        ({"name": "imagine", "description": "d", "type": 1, "name_localizations": {"de": "Bild"}}, "de"),
+        ({"name": "imagine", "description": "d", "type": 1, "name_localizations": {"zh-CN": "画 图"}}, "zh-CN"),
+        ({"name": "imagine", "description": "d", "type": 1, "name_localizations": {"zh-CN": "画" * 33}}, "zh-CN"),
+        ({"name": "imagine", "description": "d", "type": 1, "name_localizations": {"zh": "画图"}}, "zh"),
+        (
+            {
+                "name": "imagine",
+                "description": "d",
+                "type": 1,
+                "options": [
+                    {"name": "a", "description": "d", "type": 3, "name_localizations": {"zh-CN": "甲"}},
+                    {"name": "b", "description": "d", "type": 3, "name_localizations": {"zh-CN": "甲"}},
+                ],
+            },
+            "options",
+        ),
+        (
+            {
+                "name": "atelier",
+                "description": "d",
+                "type": 1,
+                "options": [
+                    {
+                        "name": "config",
+                        "description": "d",
+                        "type": 2,
+                        "options": [{"name": "channel", "description": "d", "type": 2, "options": []}],
+                    }
+                ],
+            },
+            "options",
+        ),
+        (
+            {
+                "name": "imagine",
+                "description": "d",
+                "type": 1,
+                "options": [
+                    {
+                        "name": "style",
+                        "description": "d",
+                        "type": 3,
+                        "choices": [{"name": "x", "value": "x", "name_localizations": {"zh-CN": ""}}],
+                    }
+                ],
+            },
+            "zh-CN",
+        ),
     ],
     ids=[
         "name",
@@ -272,6 +329,13 @@ async def test_messages_carry_discords_types(world: Any) -> None:
         "required-after-optional",
         "26-options",
         "choice",
+        "localized-upper-case",
+        "localized-space",
+        "localized-33-characters",
+        "unknown-locale",
+        "localized-option-twice",
+        "nested-groups",
+        "localized-choice",
     ],
 )
 async def test_a_command_sync_is_validated_like_discords(world: Any, command: dict[str, Any], where: str) -> None:

@@ -37,6 +37,7 @@ def test_discord_locales_map_onto_the_catalogs() -> None:
     assert i18n.supported("zh-CN") == "zh-CN"
     assert i18n.supported("zh-TW") == "zh-CN"  # the same language is closer than English
     assert i18n.supported("en-GB") == i18n.supported("de") == i18n.supported(None) == "en"
+    assert i18n.speaks("en-US") and i18n.speaks("zh-TW") and not i18n.speaks("de") and not i18n.speaks(None)
 
 
 def test_command_translations_are_names_discord_accepts() -> None:

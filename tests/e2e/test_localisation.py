@@ -1,0 +1,84 @@
+"""Atelier in Simplified Chinese, through the real client: the synced commands carry zh-CN names and
+descriptions for everything, and a member whose Discord is in Chinese reads every reply in Chinese."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+from tests.e2e.conftest import Harness
+from tests.simulator import MessageState
+
+ZH = "zh-CN"
+CJK = re.compile(r"[\u4e00-\u9fff]")
+
+
+def _is_result(message: MessageState) -> bool:
+    return bool(message.attachments) and bool(message.embeds)
+
+
+def _nodes(commands: list[dict[str, Any]], path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
+    for node in commands:
+        where = f"{path} {node['name']}".strip()
+        yield where, node
+        yield from _nodes(node.get("options") or [], where)
+
+
+async def test_every_command_option_and_choice_is_synced_with_chinese(running: Harness) -> None:
+    synced = running.sim.commands[None]
+    missing = []
+    for where, node in _nodes(synced):
+        for field in ("name_localizations", "description_localizations"):
+            if not (node.get(field) or {}).get(ZH):
+                missing.append(f"{where}: {field}")
+        for choice in node.get("choices") or []:
+            if not (choice.get("name_localizations") or {}).get(ZH):
+                missing.append(f"{where}: choice {choice['value']}")
+    assert missing == []
+    [imagine] = [c for c in synced if c["name"] == "imagine"]
+    assert imagine["name_localizations"][ZH] == "画图"
+    assert set(imagine["name_localizations"]) == {ZH}  # no guesses for languages Atelier does not speak
+
+
+async def test_a_chinese_member_reads_refusals_help_and_results_in_chinese(running: Harness) -> None:
+    typo = await (await running.member.slash("imagine", prompt="一只狐狸", size="huge", locale=ZH)).wait_ack()
+    assert typo["data"]["content"] == "尺寸“huge”不是 宽x高 的格式，例如 512x768。"
+    assert typo["data"]["flags"] & 64
+
+    shown = await (await running.member.slash("help", locale=ZH)).wait_ack()
+    assert shown["data"]["embeds"][0]["title"] == "Atelier：几个词就能画出图像"
+    assert CJK.search(shown["data"]["embeds"][0]["description"])
+
+    styles = await running.member.autocomplete("imagine", "style", "水", prompt="一只狐狸", locale=ZH)
+    assert styles == [{"name": "水彩 (watercolor)", "value": "watercolor"}]
+
+    asked = await running.member.slash("imagine", prompt="a fox in the snow", seed=2, locale=ZH)
+    result = await asked.wait_followup(_is_result)
+    fields = {f["name"]: f["value"] for f in result.embeds[0]["fields"]}
+    assert {"种子", "模型", "尺寸"} <= set(fields) and fields["种子"] == "2"
+    assert "扩写后的提示词（细节来自 Atelier 的风格预设）" in fields  # not "fallback"
+    assert result.embeds[0]["footer"]["text"].startswith("任务 ")
+
+    delete = next(c for c in result.custom_ids if c.startswith("atelier:delete:"))
+    refused = await (await running.admin.click(result, delete, locale=ZH)).wait_ack()
+    assert refused["data"]["content"] == "只有请求这张图的成员或管理员可以删除它。"
+
+
+async def test_the_waiting_status_and_a_quota_refusal_are_in_chinese(running: Harness) -> None:
+    await (await running.admin.slash("atelier quota set", images_per_day=4, member=running.member)).wait_ack()
+    first = await running.member.slash("imagine", prompt="a fox", locale=ZH)
+    await running.sim.wait_for(lambda: first.original and "排队中" in first.original.content, 10)
+    await first.wait_followup(_is_result)
+    second = await running.member.slash("imagine", prompt="a fox", locale=ZH)
+    line = (await second.wait_followup(lambda m: m.ephemeral)).content
+    assert line.startswith("已达每日上限") and re.search(r"<t:\d+:R>", line)
+
+
+async def test_an_unsupported_member_language_falls_back_to_the_servers(harness: Harness) -> None:
+    harness.guild.preferred_locale = ZH
+    async with harness.sim.connect(harness.new_bot()):
+        answer = await (await harness.member.slash("imagine", prompt="x", size="huge", locale="fr")).wait_ack()
+        assert answer["data"]["content"].startswith("尺寸")
+        english = await (await harness.member.slash("imagine", prompt="x", size="huge", locale="en-GB")).wait_ack()
+        assert english["data"]["content"].startswith("Size")  # the member chose a language Atelier speaks
