@@ -17,6 +17,10 @@ class Settings(EngineSettings):
     expansion_mode: Literal["llm", "presets", "raw"] = "presets"
     expansion_model: str = "Qwen/Qwen2.5-1.5B-Instruct"
     expansion_quantization: Literal["nf4", "int8", "none"] = "nf4"
+    # A request in another script where no LLM renders it (presets mode, or the LLM's fallback): "marian"
+    # translates it with a small MarianMT model, "refuse" tells the member their language is not supported.
+    translation: Literal["marian", "refuse"] = "marian"
+    translation_model: str = "Helsinki-NLP/opus-mt-zh-en"
 
     default_images_per_day: int = 50
     max_side: int = 1024

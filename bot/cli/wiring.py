@@ -45,8 +45,18 @@ def expansion_config(settings: Settings):  # type: ignore[no-untyped-def]
         if not (tokenizer_dir / "tokenizer_config.json").is_file():
             write_clip_tokenizer(tokenizer_dir)
         tokenizer_dir = str(tokenizer_dir)
+    translation_model = settings.translation_model
+    if settings.tiny and settings.translation == "marian":
+        from engine.tiny_marian import build_tiny_marian
+
+        translation_model = str(build_tiny_marian(settings.models_dir / "tiny-marian"))
     return ExpansionConfig(
-        mode=settings.expansion_mode, model=model, quantization=quantization, tokenizer_dir=tokenizer_dir
+        mode=settings.expansion_mode,
+        model=model,
+        quantization=quantization,
+        tokenizer_dir=tokenizer_dir,
+        translation=settings.translation,
+        translation_model=translation_model,
     )
 
 

@@ -19,6 +19,7 @@ from bot.config import Settings
 from bot.db.models import Guild, Job, Member, ModerationEvent, Usage
 from bot.errors import InvalidRequest, NotFound, PolicyRefused, Unavailable
 from bot.services.expansion import Expansion
+from bot.services.expansion.translation import UnsupportedLanguage
 from bot.services.inline import parse_aspect, parse_inline, size_for_aspect
 from bot.services.metrics import BotMetrics
 from bot.services.models import profile_for
@@ -367,6 +368,8 @@ class JobService:
                 # A server that chose the presets gets them even where the host runs the LLM.
                 use_llm=not (guild and guild.expansion_mode == "presets"),
             )
+        except UnsupportedLanguage:
+            raise InvalidRequest("errors.language_unsupported") from None
         except ValueError as error:  # the one ValueError here: a style no preset has
             from bot.services.expansion import STYLES
 

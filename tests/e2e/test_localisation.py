@@ -82,3 +82,31 @@ async def test_an_unsupported_member_language_falls_back_to_the_servers(harness:
         assert answer["data"]["content"].startswith("尺寸")
         english = await (await harness.member.slash("imagine", prompt="x", size="huge", locale="en-GB")).wait_ack()
         assert english["data"]["content"].startswith("Size")  # the member chose a language Atelier speaks
+
+
+async def test_a_chinese_request_is_translated_for_the_model_and_kept_for_the_member(running: Harness) -> None:
+    from sqlalchemy import select
+
+    from bot.db.models import Job
+
+    asked = await running.member.slash("imagine", prompt="一只黑猫坐在窗台上", locale=ZH)
+    result = await asked.wait_followup(_is_result)
+    assert result.embeds[0]["title"] == "一只黑猫坐在窗台上"
+    async with running.services.db.sessions() as session:  # type: ignore[union-attr]
+        [job] = (await session.execute(select(Job))).scalars().all()
+    assert job.member_prompt == "一只黑猫坐在窗台上"
+    assert job.model_prompt.startswith("black cat, ")  # the tiny MarianMT model's English
+
+
+async def test_with_translation_refused_the_member_is_told_and_nothing_is_queued(harness: Harness) -> None:
+    from sqlalchemy import func, select
+
+    from bot.db.models import Job
+
+    harness.settings.translation = "refuse"
+    async with harness.sim.connect(harness.new_bot()):
+        asked = await harness.member.slash("imagine", prompt="一只黑猫坐在窗台上", locale=ZH)
+        line = (await asked.wait_followup(lambda m: m.ephemeral)).content
+        assert line == "Atelier 暂时无法读取这种语言的请求；请用英语书写。"
+        async with harness.services.db.sessions() as session:  # type: ignore[union-attr]
+            assert (await session.execute(select(func.count()).select_from(Job))).scalar_one() == 0

@@ -14,8 +14,9 @@ Requests in a script other than Latin (一只黑猫坐在窗台上) are the one 
 LLM path: the image model's text encoder reads English, so the LLM is asked for an English rendering
 of the request first, and ``expanded`` starts with that rendering while ``prompt`` keeps the original.
 The check on the rendering is then different: it must be plain English (mostly known words, no
-chatter, no refusal, no instructions) and not much longer than the request. The deterministic path
-keeps such a request as typed.
+chatter, no refusal, no instructions) and not much longer than the request. Where no LLM runs (the
+presets), a small MarianMT model renders it instead, or the member is told that their language is not
+supported (``translation``: see translation.py); ``prompt`` keeps the original either way.
 
 The member's text reaches the LLM only as quoted data inside <request> tags in the user turn, with
 anything that could close the tag or open a chat turn defused; replies that talk about instructions or
@@ -44,6 +45,7 @@ from bot.services.expansion.guards import (
     strip_meta,
 )
 from bot.services.expansion.presets import StylePreset, find_style, merge_negative, preset_details
+from bot.services.expansion.translation import MarianTranslator, RequestTranslator
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +101,9 @@ class ExpansionConfig:
     top_k: int = 40
     # After the LLM fails to load, the presets serve alone for this long before another try.
     retry_load_after_s: float = 300.0
+    # Requests in another script on the presets' path: "marian" (translate), "refuse" or "keep" as typed.
+    translation: str = "keep"
+    translation_model: str = "Helsinki-NLP/opus-mt-zh-en"
 
 
 class ChatModel(Protocol):
@@ -144,6 +149,11 @@ class ExpansionService:
         self.generate_calls = 0  # batched calls into the model
         self.generated_requests = 0  # requests those calls answered
         self.counters: Counter[str] = Counter()  # results by source, cache hits, rejections by reason
+        marian = None
+        if config.translation == "marian":
+            device = "cpu" if config.device == "auto" else config.device
+            marian = MarianTranslator(config.translation_model, device=device)
+        self.translator = RequestTranslator(config.translation, marian)
 
     @staticmethod
     def _token_counter(tokenizer_dir: str | None) -> Callable[[str], int]:
@@ -187,7 +197,7 @@ class ExpansionService:
         elif with_llm:
             result = await self._with_llm(prompt, preset, seed, negative, started)
         else:
-            result = self._deterministic(prompt, preset, seed, negative, started)
+            result = await self._presets(prompt, preset, seed, negative, started)
         self.counters[result.source] += 1
         self._cache[key] = result
         if len(self._cache) > self.config.cache_size:
@@ -208,6 +218,7 @@ class ExpansionService:
                 await asyncio.gather(batcher, return_exceptions=True)
         # A generate call already running finishes in its thread; nothing new starts.
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self.translator.close()
 
     # ------------------------------------------------------------------ the three sources
 
@@ -239,12 +250,28 @@ class ExpansionService:
             ms=round((time.perf_counter() - started) * 1000, 2),
         )
 
-    def _deterministic(
+    async def _presets(
         self, prompt: str, preset: StylePreset, seed: int, negative: str | None, started: float
     ) -> Expansion:
-        details = preset_details(prompt, preset, seed)
+        """The curated presets, after an English rendering where the request is in another script and the
+        host translates (UnsupportedLanguage where it refuses them)."""
+        english = await self.translator.english(prompt)
+        return self._deterministic(prompt, preset, seed, negative, started, front=english)
+
+    def _deterministic(
+        self,
+        prompt: str,
+        preset: StylePreset,
+        seed: int,
+        negative: str | None,
+        started: float,
+        *,
+        front: str | None = None,
+    ) -> Expansion:
+        front = front or prompt.strip()
+        details = preset_details(front, preset, seed)
         return self._finish(
-            prompt, prompt.strip(), details, merge_negative(preset.negative, negative), "fallback", preset.name, started
+            prompt, front, details, merge_negative(preset.negative, negative), "fallback", preset.name, started
         )
 
     async def _with_llm(
@@ -271,7 +298,7 @@ class ExpansionService:
                 )
             self.counters[f"rejected: {reason.split(':')[0]}"] += 1
             log.debug("expansion reply rejected on attempt %d (%s): %r", attempt, reason, reply[:200])
-        return self._deterministic(prompt, preset, seed, negative, started)
+        return await self._presets(prompt, preset, seed, negative, started)
 
     # ------------------------------------------------------------------ the conversation and its checks
 
