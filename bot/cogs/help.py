@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, get_args
 
 import discord
 from discord import app_commands
@@ -18,9 +18,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# The commands /help explains, in the order a new member meets them (each has a help.NAME string).
-HELP_TOPICS = ("imagine", "settings", "restyle", "upscale", "info", "usage", "stats", "help", "atelier", "sync")
+# The commands /help explains, in the order a new member meets them (each has a help.NAME string and a
+# choices.NAME translation); a Literal, so Discord offers them as choices.
 HelpTopic = Literal["imagine", "settings", "restyle", "upscale", "info", "usage", "stats", "help", "atelier", "sync"]
+HELP_TOPICS: tuple[str, ...] = get_args(HelpTopic)
 
 
 def welcome_channel(guild: discord.Guild) -> discord.TextChannel | None:

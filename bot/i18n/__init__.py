@@ -33,11 +33,16 @@ def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
+def load(path: Path) -> dict[str, str]:
+    """A TOML catalog as flat dotted keys (``[result.source] llm = …`` → ``result.source.llm``)."""
+    with path.open("rb") as handle:
+        return _flatten(tomllib.load(handle))
+
+
 @cache
 def catalog(locale: str) -> dict[str, str]:
     """Every string of one locale, by key."""
-    with (_HERE / f"{locale}.toml").open("rb") as handle:
-        return _flatten(tomllib.load(handle))
+    return load(_HERE / f"{locale}.toml")
 
 
 def supported(locale: str | None) -> str:

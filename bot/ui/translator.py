@@ -5,7 +5,6 @@ reply through the message catalog (bot/i18n), picked by the interaction's locale
 from __future__ import annotations
 
 import logging
-import tomllib
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
@@ -27,10 +26,7 @@ def command_catalog(locale: str) -> dict[str, str]:
     """Localized command names and descriptions: ``"atelier quota set.description"``,
     ``"imagine.options.prompt.name"``, ``"choices.watercolor"``. English lives in the decorators."""
     path = COMMANDS_DIR / f"{locale}.toml"
-    if not path.is_file():
-        return {}
-    with path.open("rb") as handle:
-        return i18n._flatten(tomllib.load(handle))
+    return i18n.load(path) if path.is_file() else {}
 
 
 def command_key(context: app_commands.TranslationContextTypes) -> str | None:
