@@ -1,4 +1,4 @@
-"""`atelier bench expand|engine`: benchmarks that print JSON."""
+"""`atelier bench expand|engine|queue`: benchmarks that print JSON."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
     from bot.cli.expand import add_bench_expand_arguments, run_bench_expand
     from engine.bench import add_bench_engine_arguments, run_bench_engine
+    from engine.queue.bench import add_bench_queue_arguments, run_bench_queue
 
     bench = sub.add_parser("bench", help="benchmarks that print JSON").add_subparsers(dest="bench", required=True)
     p = bench.add_parser("expand", help="expansion LLM latency and tokens/s")
@@ -21,3 +22,8 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> Non
     common(p)
     add_bench_engine_arguments(p)
     p.set_defaults(func=run_bench_engine)
+
+    p = bench.add_parser("queue", help="fair claim and enqueue cost at several queue depths")
+    common(p)
+    add_bench_queue_arguments(p)
+    p.set_defaults(func=run_bench_queue)

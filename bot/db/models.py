@@ -73,6 +73,10 @@ class Job(Base):
         Index("ix_jobs_status_available", "status", "available_at"),
         Index("ix_jobs_user_status", "user_id", "status"),
         Index("ix_jobs_guild_created", "guild_id", "created_at"),
+        # The SQLite queue's lanes: one slice per (model, member), oldest first, so a fair claim finds
+        # each lane's head with one seek however deep the queue, and reads nothing else (it holds
+        # every column the pick needs; engine/queue/sqlite.py).
+        Index("ix_jobs_lane", "status", "model", "user_id", "created_at", "id", "available_at"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)

@@ -30,20 +30,77 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Fair pick: a member's k-th waiting job gets turn (running jobs of that member + k), so the queue
-# is served round-robin across members, oldest first within a turn. One member's burst of 40
-# requests cannot push everyone else back.
-_PICK_SQL = """
-WITH running AS (
+# Fair pick: a member's k-th due job gets turn (running jobs of that member + k), so the queue is
+# served round-robin across members, oldest first within a turn. One member's burst of 40 requests
+# cannot push everyone else back.
+#
+# Ranking every queued row for that would cost the whole queue inside the write lock. The queue is
+# read as lanes instead, one per (model, member), each a slice of ix_jobs_lane in age order, and only
+# their heads are read at first (see _LaneHeads). The cost grows with the lanes and the claim's
+# limit, not with the depth.
+#
+# The lanes are found with a skip scan (one index seek per lane: the smallest member after the last
+# one); each lane's head is the first due job of its slice. The index holds every column read, so no
+# table row is read until the pick is made, and the unary + keeps the planner on the lane's slice,
+# already in this order (ix_jobs_status_available would read every queued job that is due).
+_HEADS_SQL = """
+WITH RECURSIVE lanes(model, user_id) AS (
+    SELECT m.model, (SELECT min(user_id) FROM jobs WHERE status = 'queued' AND model = m.model)
+    FROM ({models}) AS m
+    UNION ALL
+    SELECT l.model,
+           (SELECT min(user_id) FROM jobs WHERE status = 'queued' AND model = l.model AND user_id > l.user_id)
+    FROM lanes l WHERE l.user_id IS NOT NULL
+),
+running AS (
     SELECT user_id, count(*) AS n FROM jobs WHERE status = 'running' GROUP BY user_id
 )
-SELECT j.id
-FROM jobs j LEFT JOIN running r ON r.user_id = j.user_id
-WHERE j.status = 'queued' AND j.available_at <= :now {model_filter}
-ORDER BY coalesce(r.n, 0) + row_number() OVER (PARTITION BY j.user_id ORDER BY j.created_at, j.id),
-         j.created_at, j.id
-LIMIT :limit
+SELECT l.model, l.user_id, coalesce(r.n, 0) AS running,
+       (SELECT h.id || ' ' || h.created_at FROM jobs h INDEXED BY ix_jobs_lane
+        WHERE h.status = 'queued' AND h.model = l.model AND h.user_id = l.user_id AND +h.available_at <= :now
+        ORDER BY h.created_at, h.id LIMIT 1) AS head
+FROM lanes l LEFT JOIN running r ON r.user_id = l.user_id
+WHERE l.user_id IS NOT NULL
 """
+# Every model with a queued job, by the same skip scan (for an engine that serves any model).
+_ANY_MODEL = """
+WITH RECURSIVE models(model) AS (
+    SELECT (SELECT min(model) FROM jobs WHERE status = 'queued')
+    UNION ALL
+    SELECT (SELECT min(model) FROM jobs WHERE status = 'queued' AND model > models.model)
+    FROM models WHERE models.model IS NOT NULL
+)
+SELECT model FROM models WHERE model IS NOT NULL
+"""
+# The first :take due jobs of one lane; a few of these make one statement.
+_LANE_SQL = """
+SELECT * FROM (
+    SELECT id, user_id, created_at FROM jobs INDEXED BY ix_jobs_lane
+    WHERE status = 'queued' AND model = :model{i} AND user_id = :user{i} AND +available_at <= :now
+    ORDER BY created_at, id LIMIT :take{i}
+)"""
+# Lanes read per statement: SQLite allows 500 terms in one compound SELECT.
+_LANES_PER_STATEMENT = 100
+
+
+def _heads_sql(model_count: int | None) -> str:
+    if model_count is None:
+        return _HEADS_SQL.format(models=_ANY_MODEL)
+    listed = " UNION ALL ".join(f"SELECT :model{i} AS model" for i in range(model_count))
+    return _HEADS_SQL.format(models=listed)
+
+
+def fair_order(candidates: list[tuple[str, int, str]], running: dict[int, int], limit: int) -> list[str]:
+    """The first ``limit`` of ``candidates`` (id, member, creation time) in fair order: a member's k-th
+    job by age gets turn running + k, ties go to the older job, then to the smaller id."""
+    by_member: dict[int, list[tuple[str, str]]] = {}
+    for job_id, member, created in candidates:
+        by_member.setdefault(member, []).append((created, job_id))
+    ranked = []
+    for member, waiting in by_member.items():
+        for turn, (created, job_id) in enumerate(sorted(waiting), start=1):
+            ranked.append((running.get(member, 0) + turn, created, job_id))
+    return [job_id for _, _, job_id in sorted(ranked)[:limit]]
 
 
 # How often an idle engine looks for a commit by another connection. A look is one read of a
@@ -72,15 +129,9 @@ class SqliteQueue:
             "expires": now + timedelta(seconds=self.settings.lease_seconds),
             "limit": limit,
         }
-        model_filter = ""
-        if models:
-            names = [f":model{i}" for i in range(len(models))]
-            model_filter = f"AND j.model IN ({', '.join(names)})"
-            params.update({f"model{i}": m for i, m in enumerate(models)})
         async with self.db.transaction() as session:
             await self._expire_leases(session, now)
-            pick = text(_PICK_SQL.format(model_filter=model_filter))
-            ids = list((await session.execute(pick, params)).scalars().all())
+            ids = await self._pick(session, params, list(dict.fromkeys(models or [])))
             if not ids:
                 return []
             # Picking then updating is atomic: the IMMEDIATE transaction holds the write lock throughout.
@@ -107,6 +158,46 @@ class SqliteQueue:
             )
             claimed = {row.id: _claimed(row) for row in rows}
         return [claimed[job_id] for job_id in ids]
+
+    async def _pick(self, session: AsyncSession, params: dict[str, Any], models: list[str]) -> list[str]:
+        """The ids of the jobs to claim, in fair order (see fair_order), read lane by lane.
+
+        The lanes' heads come first, with their members' running jobs. A member's head has turn
+        running + 1; call B the limit-th smallest of those turns. At least ``limit`` jobs then have a
+        turn of B or less, so no job with a later turn can be picked, and a member needs at most
+        B - running of its jobs in the ranking: only the few members below B have their lanes read
+        further, one bounded read per lane. Fewer members than ``limit`` (no B): each lane's first
+        ``limit`` jobs, still a bounded read.
+        """
+        limit = int(params["limit"])
+        listed = {f"model{i}": model for i, model in enumerate(models)}
+        heads = (await session.execute(text(_heads_sql(len(models) if models else None)), params | listed)).all()
+        running: dict[int, int] = {}
+        lanes: dict[int, list[tuple[str, str]]] = {}  # member → (model, head) of each lane with a due job
+        for model, member, member_running, head in heads:
+            running[member] = member_running
+            if head is not None:
+                lanes.setdefault(member, []).append((model, head))
+        turns = sorted(running[member] + 1 for member in lanes)
+        bound = turns[limit - 1] if len(turns) >= limit else None
+        candidates: list[tuple[str, int, str]] = []
+        deeper: list[tuple[str, int, int]] = []  # (model, member, jobs to read) of the lanes read further
+        for member, member_lanes in lanes.items():
+            take = limit if bound is None else min(limit, bound - running[member])
+            for model, head in member_lanes:
+                if take > 1:
+                    deeper.append((model, member, take))
+                else:
+                    job_id, _, created = head.partition(" ")
+                    candidates.append((job_id, member, created))
+        for start in range(0, len(deeper), _LANES_PER_STATEMENT):
+            chunk = deeper[start : start + _LANES_PER_STATEMENT]
+            statement = " UNION ALL ".join(_LANE_SQL.format(i=i) for i in range(len(chunk)))
+            values: dict[str, Any] = {"now": params["now"]}
+            for i, (model, member, take) in enumerate(chunk):
+                values |= {f"model{i}": model, f"user{i}": member, f"take{i}": take}
+            candidates += [tuple(row) for row in (await session.execute(text(statement), values)).all()]
+        return fair_order(candidates, running, limit)
 
     async def _expire_leases(self, session: AsyncSession, now: datetime) -> None:
         exhausted = (
