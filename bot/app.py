@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -22,7 +23,8 @@ from bot.services.health import HEALTH_WRITE_SECONDS, health_file, write_gateway
 from bot.ui.delivery import deliver_job
 from bot.ui.replies import reply_error, reply_refusal
 from bot.ui.translator import CatalogTranslator, locale_of, relative_time, say
-from engine.background import BackgroundLoop
+from engine.background import BackgroundLoop, wait_for_event
+from engine.queue.database import CommitWatch
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,10 @@ INTERACTION_TOKEN_SECONDS = 14 * 60
 METRICS_STATUS_SECONDS = 15.0
 # Deliveries and progress edits in flight at once: one slow or rate-limited channel never holds up the rest.
 CONCURRENT_SENDS = 8
+# Results, progress and cancellations arrive as events (a commit to the database, a result applied
+# from Redis); this sweep only catches what an event could not announce, such as a delivery's back-off
+# coming due.
+DELIVERY_SWEEP_SECONDS = 5.0
 
 
 def token_usable(created_at: datetime, now: datetime) -> bool:
@@ -103,9 +109,14 @@ class AtelierBot(commands.Bot):
         self.metrics = services.metrics
         self.delivery = DeliveryService(services.db, safety_threshold=settings.safety_threshold, metrics=self.metrics)
         self.pending_replies: dict[str, PendingReply] = {}
-        self.delivery_poll_seconds = 0.25
+        self.delivery_sweep_seconds = DELIVERY_SWEEP_SECONDS
+        # Status messages are edited at most this often, however many events arrive.
         self.progress_interval_seconds = 1.0
         self._loops: list[BackgroundLoop] = []
+        self._events = asyncio.Event()  # something changed: a result, a step, a cancellation
+        self._stopping = asyncio.Event()
+        self._commits = CommitWatch(services.db.url)
+        self._following: list[asyncio.Task[None]] = []
         self._sends = asyncio.Semaphore(CONCURRENT_SENDS)
         self._deliveries: set[asyncio.Task[None]] = set()
         self._pumping: asyncio.Task[None] | None = None
@@ -127,16 +138,11 @@ class AtelierBot(commands.Bot):
             synced = await self.tree.sync()
             log.info("synced %d global commands", len(synced))
         self._loops = [
-            BackgroundLoop(
-                self._deliver_pass, self.delivery_poll_seconds, name="atelier-delivery", ready=self.wait_until_ready
-            ).start(),
             BackgroundLoop(self._expire_pass, 60.0, name="atelier-expire", ready=self.wait_until_ready).start(),
-            BackgroundLoop(
-                self._progress_pass,
-                self.progress_interval_seconds,
-                name="atelier-progress",
-                ready=self.wait_until_ready,
-            ).start(),
+        ]
+        self._following = [
+            asyncio.create_task(self._follow_events(), name="atelier-delivery"),
+            asyncio.create_task(self._watch_commits(), name="atelier-commits"),
         ]
         self._loops.append(BackgroundLoop(self._write_health, self.health_write_seconds, name="atelier-health").start())
         if self.settings.metrics_port is not None:
@@ -144,7 +150,68 @@ class AtelierBot(commands.Bot):
         pump = getattr(self.services.queue, "pump", None)
         if pump is not None:
             # Redis: engines report through a results stream that the bot applies to the database.
-            self._pumping = asyncio.create_task(pump(self._stop_pumping), name="atelier-results")
+            self._pumping = asyncio.create_task(
+                pump(self._stop_pumping, on_applied=self.notify), name="atelier-results"
+            )
+
+    def notify(self) -> None:
+        """Something a member may be waiting for has changed: deliver and show it now."""
+        self._events.set()
+
+    async def _watch_commits(self) -> None:
+        """Every commit to the database by an engine, another bot process or this one's other
+        connections is an event: a result recorded, a step reached, a job cancelled."""
+        try:
+            while not self._stopping.is_set():
+                if await self._commits.wait(self.delivery_sweep_seconds, self._stopping):
+                    self.notify()
+        except Exception:
+            log.exception("the database watch failed; deliveries fall back on the sweep")
+        finally:
+            await self._commits.close()
+
+    async def _follow_events(self) -> None:
+        """Deliver and show progress when an event arrives, or at the slow sweep. Progress edits are
+        throttled to one pass per progress_interval_seconds; a delivery never waits for them."""
+        ready = asyncio.ensure_future(self.wait_until_ready())
+        stopped = asyncio.ensure_future(self._stopping.wait())
+        await asyncio.wait({ready, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        ready.cancel()
+        stopped.cancel()
+        last_progress = float("-inf")
+        progress: asyncio.Task[None] | None = None
+        try:
+            while not self._stopping.is_set():
+                self._events.clear()
+                try:
+                    await self._deliver_pass()
+                except Exception:
+                    log.exception("a delivery pass failed")
+                # Every event or sweep may change what a status message shows; one pass at a time,
+                # and none sooner than the interval after the last.
+                timeout = self.delivery_sweep_seconds
+                now = time.monotonic()
+                if progress is not None and not progress.done():
+                    timeout = min(timeout, self.progress_interval_seconds)
+                elif now - last_progress >= self.progress_interval_seconds:
+                    last_progress = now
+                    progress = asyncio.create_task(self._progress_or_log(), name="atelier-progress")
+                else:
+                    timeout = min(timeout, max(0.01, last_progress + self.progress_interval_seconds - now))
+                await self._next_event(timeout)
+        finally:
+            if progress is not None:
+                await asyncio.gather(progress, return_exceptions=True)
+
+    async def _next_event(self, timeout: float) -> bool:
+        """Wait for an event or a stop, at most ``timeout``: True if an event came."""
+        return await wait_for_event(self._events, timeout) and not self._stopping.is_set()
+
+    async def _progress_or_log(self) -> None:
+        try:
+            await self._progress_pass()
+        except Exception:
+            log.exception("a progress pass failed")
 
     def track(
         self,
@@ -257,11 +324,14 @@ class AtelierBot(commands.Bot):
         # Stopped between passes, never cancelled mid-query (see engine.background), and waited for, so
         # nothing still uses the database when the caller disposes of it.
         self._stop_pumping.set()
+        self._stopping.set()
+        self._events.set()  # the delivery task wakes, sees the stop, and ends between passes
+        await asyncio.gather(*self._following, return_exceptions=True)
         await asyncio.gather(*(loop.stop() for loop in self._loops))
         # Deliveries in flight finish (each is one post and one write); none is cut off mid-write.
         await asyncio.gather(*self._deliveries, return_exceptions=True)
         if self._pumping is not None:
             await asyncio.gather(self._pumping, return_exceptions=True)
-        self._loops, self._pumping = [], None
+        self._loops, self._pumping, self._following = [], None, []
         await super().close()
         await self._write_health()

@@ -4,19 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import aiosqlite
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from engine.background import wait_for_event
 
 log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 30_000
 WRITE_OPTION = "atelier_write"
+# How often a CommitWatch looks for a commit by another connection. A look is one read of a counter on
+# a connection of its own (no lock, no transaction), so it can be frequent.
+WATCH_SECONDS = 0.01
 
 
 def create_engine(url: str) -> AsyncEngine:
@@ -95,3 +102,54 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+class CommitWatch:
+    """Tells when any other connection, of this process or another, has committed to the database file:
+    SQLite's ``PRAGMA data_version``, read on a connection kept for it alone. Engines wait on it for new
+    jobs, the bot for results, progress and cancellations, instead of querying for them on a timer."""
+
+    def __init__(self, url: str) -> None:
+        watched = make_url(url).database
+        # An in-memory database has no file to watch: waits then last their whole timeout.
+        self.file = watched if watched and watched != ":memory:" else None
+        self._connection: aiosqlite.Connection | None = None
+        self._seen: int | None = None
+
+    async def wait(self, timeout: float, stop: asyncio.Event) -> bool:
+        """True as soon as a commit has landed since the last return (the first call only takes note
+        and returns True, so that a commit during the caller's next read still counts), False when
+        ``stop`` is set or ``timeout`` has passed without one."""
+        version = await self._version()
+        if version is None or self._seen is None:
+            self._seen = version
+            if version is None:
+                await wait_for_event(stop, timeout)
+                return False
+            return True
+        if version != self._seen:
+            self._seen = version
+            return True
+        deadline = time.monotonic() + timeout
+        while not stop.is_set() and (remaining := deadline - time.monotonic()) > 0:
+            await wait_for_event(stop, min(WATCH_SECONDS, remaining))
+            version = await self._version()
+            if version != self._seen:
+                self._seen = version
+                return True
+        return False
+
+    async def _version(self) -> int | None:
+        if self.file is None:
+            return None
+        if self._connection is None:
+            self._connection = await aiosqlite.connect(self.file, isolation_level=None)
+        async with self._connection.execute("PRAGMA data_version") as cursor:
+            row = await cursor.fetchone()
+        return int(row[0]) if row else None
+
+    async def close(self) -> None:
+        # aiosqlite's thread is not a daemon: a connection left open would keep the process alive.
+        connection, self._connection, self._seen = self._connection, None, None
+        if connection is not None:
+            await connection.close()

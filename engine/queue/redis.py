@@ -75,6 +75,8 @@ from engine.contract import ClaimedJob, GeneratedImage, JobResult, JobSpec, JobS
 from engine.queue import ledger
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from redis.asyncio.client import PubSub
 
     from engine.config import EngineSettings
@@ -229,8 +231,16 @@ class RedisQueue:
         async with self._database().transaction() as session:
             return await ledger.cancel(session, job_id)
 
-    async def pump(self, stop: asyncio.Event | None = None, *, block_ms: int = 1000) -> None:
+    async def pump(
+        self,
+        stop: asyncio.Event | None = None,
+        *,
+        block_ms: int = 1000,
+        on_applied: Callable[[], object] | None = None,
+    ) -> None:
         """Apply engines' events to the database until ``stop`` is set (or the task is cancelled).
+        ``on_applied`` is called after each batch of applied events: this process's delivery need not
+        wait to see the commit.
 
         Any number of bot processes may pump: each event goes to one of them (consumer group), an event
         claimed by a bot that died is applied by another after ``results_reclaim_seconds``, and applying
@@ -261,6 +271,8 @@ class RedisQueue:
                     entries = [entry for _, batch in read for entry in batch]
                 for entry_id, fields in entries:
                     await self._apply_entry(results, entry_id, fields)
+                if entries and on_applied is not None:
+                    on_applied()
             except asyncio.CancelledError:
                 raise
             except (RedisConnectionError, RedisTimeoutError) as error:

@@ -9,19 +9,16 @@ import asyncio
 import logging
 import os
 import socket
-import time
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-import aiosqlite
 from sqlalchemy import String, case, cast, func, select, text, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from engine.background import wait_for_event
 from engine.contract import ClaimedJob, JobResult, JobStatus, LeaseState, QueuedJob, utcnow
 from engine.queue import ledger
+from engine.queue.database import CommitWatch
 from engine.queue.ledger import jobs, workers
 
 if TYPE_CHECKING:
@@ -103,21 +100,14 @@ def fair_order(candidates: list[tuple[str, int, str]], running: dict[int, int], 
     return [job_id for _, _, job_id in sorted(ranked)[:limit]]
 
 
-# How often an idle engine looks for a commit by another connection. A look is one read of a
-# counter on a connection of its own (no lock, no transaction), so it can be frequent; the claim
-# itself, which takes the write lock, runs only when something changed or at the poll interval.
-WATCH_SECONDS = 0.01
-
-
 class SqliteQueue:
     def __init__(self, database: Database, settings: EngineSettings) -> None:
         self.db = database
         self.settings = settings
-        self._watch: aiosqlite.Connection | None = None
-        watched = make_url(database.url).database
-        # An in-memory database has no file to watch: the worker just polls.
-        self._watched_file = watched if watched and watched != ":memory:" else None
-        self._seen_version: int | None = None
+        # The claim takes the write lock, so it runs only when another connection committed something
+        # (a new job, perhaps) or at the poll interval. An in-memory database has nothing to watch: the
+        # worker just polls.
+        self._watch = CommitWatch(database.url)
 
     async def publish(self, job: QueuedJob) -> None:
         """Nothing to send: the committed row is the queue entry."""
@@ -238,35 +228,15 @@ class SqliteQueue:
         if exhausted or requeued:
             log.warning("expired leases: %d requeued, %d ended", len(requeued), len(exhausted))
 
-    async def wait_for_work(self, timeout: float, stop: asyncio.Event) -> None:
+    async def wait_for_work(self, timeout: float, stop: asyncio.Event) -> bool:
         """Return as soon as another connection has committed since the last return (a new job,
-        perhaps), when ``stop`` is set, or after ``timeout``. Expired leases and retry back-offs come due
-        without a commit; the timeout, the poll interval, covers them.
+        perhaps), when ``stop`` is set, or after ``timeout``; True for a commit. Expired leases and retry
+        back-offs come due without a commit; the timeout, the poll interval, covers them.
 
         Each return notes the counter before the caller claims again, so a commit that lands during that
         claim still wakes the next wait. The first call only takes that first note.
         """
-        version = await self._data_version()
-        if version is None or self._seen_version is None:
-            self._seen_version = version
-            return
-        deadline = time.monotonic() + timeout
-        while not stop.is_set() and (remaining := deadline - time.monotonic()) > 0:
-            await wait_for_event(stop, min(WATCH_SECONDS, remaining))
-            version = await self._data_version()
-            if version != self._seen_version:
-                self._seen_version = version
-                return
-
-    async def _data_version(self) -> int | None:
-        """SQLite's count of commits by other connections, read on a connection kept for it alone."""
-        if self._watched_file is None:
-            return None
-        if self._watch is None:
-            self._watch = await aiosqlite.connect(self._watched_file, isolation_level=None)
-        async with self._watch.execute("PRAGMA data_version") as cursor:
-            row = await cursor.fetchone()
-        return int(row[0]) if row else None
+        return await self._watch.wait(timeout, stop)
 
     async def renew(self, job: ClaimedJob) -> LeaseState:
         expires = utcnow() + timedelta(seconds=self.settings.lease_seconds)
@@ -360,10 +330,7 @@ class SqliteQueue:
         await self._close_watch()  # the worker's loop is over: nothing left to wait for
 
     async def _close_watch(self) -> None:
-        # aiosqlite's thread is not a daemon: a connection left open would keep the process alive.
-        watch, self._watch, self._seen_version = self._watch, None, None
-        if watch is not None:
-            await watch.close()
+        await self._watch.close()
 
     async def status(self) -> dict[str, Any]:
         now = utcnow()

@@ -44,7 +44,6 @@ class Harness:
         self.services = Services.create(self.settings)
         self.settings.sync_commands = True
         bot = AtelierBot(self.settings, self.services, guild_ready_timeout=0.05)
-        bot.delivery_poll_seconds = 0.05
         self.bot = bot
         return bot
 
