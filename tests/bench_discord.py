@@ -8,6 +8,15 @@ quota reservation and the job row), so the figure includes the bot's whole front
 engine draws every job and the bot delivers it while one webhook call in twenty is answered 429:
 ``lost`` counts jobs never delivered, ``invalid_requests`` the 401/403/429 answers the bot caused
 itself (the injected 429s are reported apart).
+
+    python -m tests.bench_discord --members 200 --deliver --json
+
+adds a delivery phase with no injected faults: each member in turn sends /imagine and waits for the
+image, one request in flight at a time, so no job waits behind another. ``deliver_overhead_p50_ms`` /
+``_p95_ms`` are the time from the interaction's dispatch to the result's follow-up minus the engine's
+compute time for that job (its ``gpu_seconds``): deferral, expansion, enqueue, the engine noticing the
+job and gathering a batch (``batch_wait_ms``, the engine's setting), recording the result, the bot
+noticing it, reading and uploading the image.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import func, select
 
@@ -28,7 +38,9 @@ from engine.timing import percentile
 DEADLINE = 3.0
 
 
-async def run(members: int, *, deliver_timeout: float = 1800) -> dict[str, object]:
+async def run(
+    members: int, *, deliver_timeout: float = 1800, deliver: bool = False, batch_wait_ms: float | None = None
+) -> dict[str, object]:
     from bot.app import AtelierBot
     from bot.cli.wiring import Services
     from bot.config import Settings
@@ -52,7 +64,9 @@ async def run(members: int, *, deliver_timeout: float = 1800) -> dict[str, objec
         bot = AtelierBot(settings, services)
         sim.inject("POST", r"^/webhooks/", 429, retry_after=0.5, times=10**9, every=20)
         engine_db = Database(settings.db_url)
-        engine = EngineWorker(SqliteQueue(engine_db, settings), load_pipeline(settings), WorkerConfig())
+        config = WorkerConfig() if batch_wait_ms is None else WorkerConfig(batch_wait_ms=batch_wait_ms)
+        engine = EngineWorker(SqliteQueue(engine_db, settings), load_pipeline(settings), config)
+        overheads: list[float] = []
         engine_task: asyncio.Task[None] | None = None
         try:
             async with sim.connect(bot):
@@ -70,6 +84,9 @@ async def run(members: int, *, deliver_timeout: float = 1800) -> dict[str, objec
                 engine_task = asyncio.create_task(engine.run())
                 lost = await _undelivered_after(services, deliver_timeout)
                 delivered = time.perf_counter() - started
+                if deliver:
+                    sim.clear_faults()
+                    overheads = await _deliver_one_at_a_time(people, services)
         finally:
             if engine_task is not None:
                 engine.request_stop()
@@ -78,7 +95,7 @@ async def run(members: int, *, deliver_timeout: float = 1800) -> dict[str, objec
             await services.close()
             await sim.stop()
     latencies = [i.ack_seconds for i in interactions if i.ack_seconds is not None]
-    return {
+    report: dict[str, object] = {
         "members": members,
         "cpus": os.cpu_count(),
         "ack_p50_ms": round(percentile(latencies, 50) * 1000, 1),
@@ -93,6 +110,34 @@ async def run(members: int, *, deliver_timeout: float = 1800) -> dict[str, objec
         "invalid_requests": sim.invalid_requests - sim.injected,
         "injected_429": sim.injected,
     }
+    if deliver:
+        report |= {
+            "deliver_overhead_p50_ms": round(percentile(overheads, 50) * 1000, 1),
+            "deliver_overhead_p95_ms": round(percentile(overheads, 95) * 1000, 1),
+            "deliver_overhead_max_ms": round(max(overheads) * 1000, 1),
+            "delivered_one_at_a_time": len(overheads),
+            "batch_wait_ms": config.batch_wait_ms,
+        }
+    return report
+
+
+async def _deliver_one_at_a_time(people: list[Any], services: Any) -> list[float]:
+    """Each member in turn asks for one image and waits for it: the delivery overhead of each."""
+    from bot.db.models import Job
+
+    overheads = []
+    for i, person in enumerate(people):
+        interaction = await person.slash("imagine", prompt=f"a lighthouse at dusk, study {i}")
+        result = await interaction.wait_followup(lambda m: bool(m.attachments), timeout=120)
+        posted = interaction.followup_times[interaction.followups.index(result)]
+        async with services.db.sessions() as session:
+            gpu_seconds = (
+                await session.execute(
+                    select(Job.gpu_seconds).where(Job.user_id == person.id).order_by(Job.created_at.desc()).limit(1)
+                )
+            ).scalar_one()
+        overheads.append(posted - interaction.dispatched_at - float(gpu_seconds or 0.0))
+    return overheads
 
 
 async def _undelivered_after(services: object, timeout: float) -> int:
@@ -114,10 +159,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--members", type=int, default=500)
     parser.add_argument("--deliver-timeout", type=float, default=1800, help="seconds to wait for every delivery")
+    parser.add_argument(
+        "--deliver", action="store_true", help="then measure the delivery overhead, one request at a time"
+    )
+    parser.add_argument("--batch-wait-ms", type=float, help="the engine's batch window (default: the engine's)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
-    result = asyncio.run(run(args.members, deliver_timeout=args.deliver_timeout))
+    result = asyncio.run(
+        run(args.members, deliver_timeout=args.deliver_timeout, deliver=args.deliver, batch_wait_ms=args.batch_wait_ms)
+    )
     print(json.dumps(result) if args.json else json.dumps(result, indent=2))
 
 

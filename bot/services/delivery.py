@@ -121,6 +121,9 @@ class DeliveryService:
 
     async def flagged_action(self, job: JobRecord, *, channel_nsfw: bool) -> str:
         """What the server's policy does with this result in that channel: show, blur or withhold."""
+        scores = [image.nsfw_score for image in job.images if image.nsfw_score is not None]
+        if not scores or max(scores) < self.safety_threshold:
+            return "show"  # nothing flagged: the server's policy cannot change that, no need to read it
         async with self.db.sessions() as session:
             guild = await session.get(Guild, job.guild_id)
         return flagged_action(

@@ -103,8 +103,14 @@ def _upload_limit(bot: AtelierBot, job: JobRecord) -> int:
     return guild.filesize_limit if guild is not None else DEFAULT_UPLOAD_LIMIT
 
 
-async def _read_images(job: JobRecord) -> list[bytes]:
-    return await asyncio.to_thread(lambda: [Path(path).read_bytes() for path in job.image_paths])
+def _attachment(job: JobRecord, upload_limit: int, action: str) -> Attachment:
+    """The result's one attachment, built on a worker thread in one go (reading, drawing, re-encoding)."""
+    pngs = [Path(path).read_bytes() for path in job.image_paths]
+    # A single image goes out as the engine encoded it; only a grid or a blur is drawn anew.
+    png = pngs[0] if len(pngs) == 1 else grid(pngs)
+    if action == "blur":
+        png = blur(png)
+    return fit_upload(png, job.id, upload_limit)
 
 
 async def _reply_for(
@@ -120,12 +126,7 @@ async def _reply_for(
         return Reply(content=i18n.text(locale, "result.failed", prompt=prompt, reason=reason))
     if action == "withhold":
         return Reply(content=i18n.text(locale, "result.withheld", prompt=prompt))
-    pngs = await _read_images(job)
-    # A single image goes out as the engine encoded it; only a grid or a blur is drawn anew.
-    png = pngs[0] if len(pngs) == 1 else await asyncio.to_thread(grid, pngs)
-    if action == "blur":
-        png = await asyncio.to_thread(blur, png)
-    attachment = await asyncio.to_thread(fit_upload, png, job.id, upload_limit)
+    attachment = await asyncio.to_thread(_attachment, job, upload_limit, action)
     embed = result_embed(job, locale)
     embed.set_image(url=f"attachment://{attachment.filename}")
     return Reply(embed=embed, attachment=attachment, view=result_view(job))

@@ -426,6 +426,8 @@ class InteractionRecord:
     callback_at: float | None = None
     original: MessageState | None = None
     followups: list[MessageState] = field(default_factory=list)
+    # When each of ``followups`` was posted (time.monotonic()), for latency benchmarks.
+    followup_times: list[float] = field(default_factory=list)
     modal: dict[str, Any] | None = None
 
     @property
@@ -533,6 +535,10 @@ class DiscordSimulator:
         rate-limit headers and body."""
         fault = _Fault(method.upper(), re.compile(route_regex), status, code, message, retry_after, times, every)
         self._faults.append(fault)
+
+    def clear_faults(self) -> None:
+        """Drop every injected fault still pending."""
+        self._faults.clear()
 
     async def delete_message(self, channel: ChannelState, message_id: int) -> None:
         """As if a moderator deleted it: gone for every route, and the bot gets MESSAGE_DELETE."""
@@ -1238,6 +1244,7 @@ class DiscordSimulator:
             # placeholder's visibility: a public defer cannot become ephemeral (nor the reverse).
             self._edit(record.original, payload, files)
             record.followups.append(record.original)
+            record.followup_times.append(time.monotonic())
             return self._json(record.original.to_dict(self.base_url))
         message = self._message_from(
             payload,
@@ -1248,6 +1255,7 @@ class DiscordSimulator:
             type=self._reply_type(record),
         )
         record.followups.append(message)
+        record.followup_times.append(time.monotonic())
         return self._json(message.to_dict(self.base_url))
 
     def _webhook_message(
