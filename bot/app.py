@@ -107,7 +107,9 @@ class AtelierBot(commands.Bot):
         self.settings = settings
         self.services = services
         self.metrics = services.metrics
-        self.delivery = DeliveryService(services.db, safety_threshold=settings.safety_threshold, metrics=self.metrics)
+        self.delivery = DeliveryService(
+            services.db, safety_threshold=settings.safety_threshold, metrics=self.metrics, shards=settings.shards
+        )
         self.pending_replies: dict[str, PendingReply] = {}
         self.delivery_sweep_seconds = DELIVERY_SWEEP_SECONDS
         # Status messages are edited at most this often, however many events arrive.
@@ -335,3 +337,17 @@ class AtelierBot(commands.Bot):
         self._loops, self._pumping, self._following = [], None, []
         await super().close()
         await self._write_health()
+
+
+class ShardedAtelierBot(AtelierBot, commands.AutoShardedBot):
+    """One process running a group of shards (ATELIER_SHARD_COUNT, ATELIER_SHARD_IDS) over one gateway
+    connection each; it delivers the results of its shards' guilds, whose interactions it holds."""
+
+
+def create_bot(settings: Settings, services: Services, **options: object) -> AtelierBot:
+    """The bot for these settings: sharded when ATELIER_SHARD_COUNT is set."""
+    shards = settings.shards
+    if shards is None:
+        return AtelierBot(settings, services, **options)
+    count, ids = shards
+    return ShardedAtelierBot(settings, services, shard_count=count, shard_ids=ids, **options)

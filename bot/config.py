@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
+from pydantic_settings import NoDecode
 
 from engine.config import EngineSettings
 
@@ -28,3 +29,38 @@ class Settings(EngineSettings):
     # A job no engine has taken after this long is cancelled and refunded, with a message, rather than
     # left "Queued" for ever (no engine online for its model, say). None: never.
     queued_ttl_seconds: float | None = 3600.0
+
+    # Sharding, for bots in many guilds: this process runs the shards shard_ids (all of them when unset)
+    # of shard_count, and delivers the results of the guilds on those shards. None: one unsharded client.
+    shard_count: int | None = Field(default=None, ge=1)
+    shard_ids: Annotated[list[int] | None, NoDecode] = None
+
+    @field_validator("shard_ids", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return [int(part) for part in value.split(",") if part.strip()] or None
+            except ValueError:
+                raise ValueError(f"expected comma-separated shard numbers such as 0,1, got {value!r}") from None
+        return value
+
+    @field_validator("shard_ids")
+    @classmethod
+    def _within_shard_count(cls, value: list[int] | None, info: ValidationInfo) -> list[int] | None:
+        if value is None:
+            return None
+        count = info.data.get("shard_count")
+        if count is None:
+            raise ValueError("needs ATELIER_SHARD_COUNT too")
+        outside = [shard for shard in value if not 0 <= shard < count]
+        if outside:
+            raise ValueError(f"shard {outside[0]} is not below ATELIER_SHARD_COUNT={count}")
+        return sorted(set(value))
+
+    @property
+    def shards(self) -> tuple[int, list[int]] | None:
+        """(shard count, this process's shards), or None when the bot is not sharded."""
+        if self.shard_count is None:
+            return None
+        return self.shard_count, self.shard_ids or list(range(self.shard_count))

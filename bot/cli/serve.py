@@ -40,7 +40,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_bot(args: argparse.Namespace) -> int:
-    from bot.app import AtelierBot
+    from bot.app import create_bot
     from migrations import upgrade_sync
 
     settings = settings_from(args)
@@ -56,7 +56,7 @@ def cmd_bot(args: argparse.Namespace) -> int:
 
         await check_reachable(settings)
         services = Services.create(settings)
-        bot = AtelierBot(settings, services)
+        bot = create_bot(settings, services)
         metrics_server = None
         if settings.metrics_port is not None:
             from engine.metrics import serve_metrics

@@ -98,6 +98,11 @@ def delivery_backoff(
     return (rng or random).uniform(bound / 2, bound)
 
 
+def shard_of(guild_id: int, shard_count: int) -> int:
+    """The shard whose gateway connection carries a guild's events and interactions, as Discord assigns it."""
+    return (guild_id >> 22) % shard_count
+
+
 def undeliverable() -> ColumnElement[bool]:
     """The jobs JobRecord.delivery calls "undeliverable": not posted, not being posted, out of tries."""
     return and_(Job.message_id.is_(None), Job.delivered_at.is_(None), Job.delivery_attempts >= MAX_DELIVERY_ATTEMPTS)
@@ -112,9 +117,13 @@ class DeliveryService:
         backoff_base_seconds: float = DELIVERY_BACKOFF_BASE_SECONDS,
         backoff_cap_seconds: float = DELIVERY_BACKOFF_CAP_SECONDS,
         metrics: BotMetrics | None = None,
+        shards: tuple[int, list[int]] | None = None,
     ) -> None:
         self.db = database
         self.metrics = metrics or BotMetrics()
+        # (count, ids): this process delivers only for the guilds on those shards, since the process
+        # that holds a member's interaction is the one its shard's gateway connection delivered it to.
+        self.shards = shards
         self.safety_threshold = safety_threshold
         self.backoff_base_seconds = backoff_base_seconds
         self.backoff_cap_seconds = backoff_cap_seconds
@@ -145,12 +154,19 @@ class DeliveryService:
                 Job.channel_id.is_not(None),
                 Job.delivery_attempts < MAX_DELIVERY_ATTEMPTS,
                 or_(Job.next_delivery_at.is_(None), Job.next_delivery_at <= now),
+                *self._on_my_shards(),
             )
             .order_by(Job.finished_at)
             .limit(limit)
         )
         async with self.db.sessions() as session:
             return [JobRecord.of(job) for job in (await session.execute(query)).scalars().all()]
+
+    def _on_my_shards(self) -> list[ColumnElement[bool]]:
+        if self.shards is None:
+            return []
+        count, ids = self.shards
+        return [(Job.guild_id.op(">>")(22) % count).in_(ids)]
 
     async def claim(self, job_id: str) -> bool:
         """True for exactly one caller, even across bot processes."""

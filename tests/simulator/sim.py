@@ -479,6 +479,9 @@ class DiscordSimulator:
         self._buckets: dict[tuple[str, str], _Bucket] = {}
         self._global_window: list[float] = []
         self._sockets: list[web.WebSocketResponse] = []
+        # Each connection's and each session's shard [id, count], as IDENTIFY gave it ([0, 1] unsharded).
+        self._shard_of_socket: dict[web.WebSocketResponse, tuple[int, int]] = {}
+        self._shard_of_session: dict[str, tuple[int, int]] = {}
         self._sequence = 0
         self._sessions: set[str] = set()
         self._events: list[dict[str, Any]] = []  # every dispatch, for replay on RESUME
@@ -618,9 +621,19 @@ class DiscordSimulator:
 
     # ---------------------------------------------------------------- state helpers
 
-    def add_guild(self, name: str = "Atelier Test", *, installed: bool = True, locale: str = "en-US") -> GuildState:
-        """A server; ``installed=False``: one the bot is not in yet (see ``join``)."""
+    def add_guild(
+        self,
+        name: str = "Atelier Test",
+        *,
+        installed: bool = True,
+        locale: str = "en-US",
+        shard: tuple[int, int] | None = None,
+    ) -> GuildState:
+        """A server; ``installed=False``: one the bot is not in yet (see ``join``); with ``shard`` ([id,
+        count]), one whose id puts it on that shard."""
         guild_id = snowflake()
+        while shard is not None and self.shard_of(guild_id, shard[1]) != shard[0]:
+            guild_id = snowflake()
         guild = GuildState(self, guild_id, name, RoleState(guild_id, "@everyone", EVERYONE_PERMISSIONS))
         guild.bot_role = RoleState(snowflake(), "Atelier", BOT_PERMISSIONS)
         guild.preferred_locale = locale
@@ -682,13 +695,22 @@ class DiscordSimulator:
                     if payload["d"].get("token") != self.token:
                         await ws.close(code=4004, message=b"Authentication failed.")
                         break
-                    await self._identify(ws)
+                    shard = payload["d"].get("shard") or [0, 1]
+                    count = int(shard[1])
+                    if not (isinstance(shard, list) and len(shard) == 2 and count >= 1 and 0 <= int(shard[0]) < count):
+                        await ws.close(code=4010, message=b"Invalid shard.")  # as Discord closes it
+                        break
+                    await self._identify(ws, (int(shard[0]), count))
                 elif op == 6:
-                    if payload["d"].get("session_id") in self._sessions:
-                        # Missed events first, in order, then RESUMED: as Discord replays them.
+                    session = payload["d"].get("session_id")
+                    if session in self._sessions:
+                        # Missed events first, in order, then RESUMED: as Discord replays them, each
+                        # session only those of its own shard.
                         after = payload["d"].get("seq") or 0
-                        for event in [e for e in self._events if e["s"] > after]:
+                        shard = self._shard_of_session.get(session, (0, 1))
+                        for event in [e for e in self._events if e["s"] > after and self._on_shard(e, shard)]:
                             await ws.send_str(json.dumps(event))
+                        self._shard_of_socket[ws] = shard
                         self._sockets.append(ws)
                         await self._send(ws, "RESUMED", {})
                         self.resumes += 1
@@ -698,27 +720,42 @@ class DiscordSimulator:
         finally:
             if ws in self._sockets:
                 self._sockets.remove(ws)
+            self._shard_of_socket.pop(ws, None)
         return ws
 
-    async def _identify(self, ws: web.WebSocketResponse) -> None:
+    @staticmethod
+    def shard_of(guild_id: int, shard_count: int) -> int:
+        """Discord's rule: a guild's events and interactions go to shard (guild_id >> 22) % shard_count."""
+        return (guild_id >> 22) % shard_count
+
+    def _on_shard(self, frame: dict[str, Any], shard: tuple[int, int]) -> bool:
+        data = frame.get("d") or {}
+        guild_id = data.get("guild_id") or (data.get("id") if str(frame.get("t", "")).startswith("GUILD_") else None)
+        return guild_id is None or self.shard_of(int(guild_id), shard[1]) == shard[0]
+
+    async def _identify(self, ws: web.WebSocketResponse, shard: tuple[int, int] = (0, 1)) -> None:
         session = f"session-{snowflake()}"
         self._sessions.add(session)
+        self._shard_of_session[session] = shard
+        self._shard_of_socket[ws] = shard
         self._sockets.append(ws)
+        guilds = [g for g in self.guilds if self.shard_of(g.id, shard[1]) == shard[0]]
         await self._send(
             ws,
             "READY",
             {
                 "v": 10,
                 "user": self.bot_user(),
-                "guilds": [{"id": str(g.id), "unavailable": True} for g in self.guilds],
+                "guilds": [{"id": str(g.id), "unavailable": True} for g in guilds],
                 "session_id": session,
+                "shard": list(shard),
                 "resume_gateway_url": f"ws://127.0.0.1:{self.port}/",
                 "application": {"id": str(self.application_id), "flags": 0},
                 "private_channels": [],
                 "relationships": [],
             },
         )
-        for guild in self.guilds:
+        for guild in guilds:
             await self._send(ws, "GUILD_CREATE", guild.to_dict())
 
     async def _send(self, ws: web.WebSocketResponse, event: str, data: dict[str, Any]) -> None:
@@ -734,6 +771,8 @@ class DiscordSimulator:
         frame = {"op": 0, "t": event, "s": self._sequence, "d": data}
         self._events.append(frame)
         for ws in list(self._sockets):
+            if not self._on_shard(frame, self._shard_of_socket.get(ws, (0, 1))):
+                continue  # another shard's guild: that connection alone gets it
             try:
                 await ws.send_str(json.dumps(frame))
             except ConnectionResetError:
