@@ -94,6 +94,9 @@ def add_bench_engine_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--rounds", type=int, default=5, help="paired baseline and engine passes (medians reported)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--engines", help="comma-separated engine process counts (e.g. 1,2,3): throughput as engines are added"
+    )
 
 
 @dataclass
@@ -137,6 +140,10 @@ def _parse_size(text: str) -> tuple[int, int]:
 
 
 def run_bench_engine(args: argparse.Namespace) -> int:
+    if getattr(args, "engines", None):
+        from engine.bench_engines import run_bench_engines
+
+        return run_bench_engines(args)
     from engine.config import TINY_MODEL, EngineSettings
     from engine.pipelines.registry import architecture, build_random_pipeline, pick_device, resolve_model
     from engine.pipelines.text_to_image import PipelineOptions, TextToImage
