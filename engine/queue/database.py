@@ -110,8 +110,10 @@ class CommitWatch:
     jobs, the bot for results, progress and cancellations, instead of querying for them on a timer."""
 
     def __init__(self, url: str) -> None:
-        watched = make_url(url).database
-        # An in-memory database has no file to watch: waits then last their whole timeout.
+        parsed = make_url(url)
+        watched = parsed.database if parsed.get_backend_name() == "sqlite" else None
+        # An in-memory database (or one that is not SQLite) has no file to watch: waits then last their
+        # whole timeout.
         self.file = watched if watched and watched != ":memory:" else None
         self._connection: aiosqlite.Connection | None = None
         self._seen: int | None = None
