@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import io
 import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import discord
 from discord.ext import commands
@@ -47,6 +49,11 @@ CONCURRENT_SENDS = 8
 # from Redis); this sweep only catches what an event could not announce, such as a delivery's back-off
 # coming due.
 DELIVERY_SWEEP_SECONDS = 5.0
+PREVIEW_FILENAME = "preview.jpg"
+
+
+def preview_digest(preview: bytes) -> str:
+    return hashlib.sha256(preview).hexdigest()
 
 
 def token_usable(created_at: datetime, now: datetime) -> bool:
@@ -64,18 +71,26 @@ class PendingReply:
     header: str = ""
     status_message: discord.WebhookMessage | None = None
     shown: str = ""
+    shown_preview: str = ""  # the digest of the preview picture shown, "" for none
     status_gone: bool = False
 
     @property
     def usable(self) -> bool:
         return token_usable(self.interaction.created_at, discord.utils.utcnow())
 
-    async def show(self, text: str) -> None:
+    async def show(self, text: str, preview: bytes | None = None) -> None:
+        """Edit the status message; a new preview picture replaces the one shown (an edit without
+        one keeps it)."""
+        changes: dict[str, Any] = {"content": text}
+        if preview is not None:
+            changes["attachments"] = [discord.File(io.BytesIO(preview), filename=PREVIEW_FILENAME)]
         if self.status_message is not None:
-            await self.status_message.edit(content=text)
+            await self.status_message.edit(**changes)
         else:
-            await self.interaction.edit_original_response(content=text)
+            await self.interaction.edit_original_response(**changes)
         self.shown = text
+        if preview is not None:
+            self.shown_preview = preview_digest(preview)
 
     async def remove_status(self) -> None:
         try:
@@ -243,10 +258,15 @@ class AtelierBot(commands.Bot):
                 return  # ended (or being delivered): never edit over the result
             shown = progress.describe(locale_of(pending.interaction))
             text = f"{pending.header}\n{shown}" if pending.header else shown
-            if text == pending.shown:
+            preview = (
+                progress.preview
+                if progress.preview and preview_digest(progress.preview) != pending.shown_preview
+                else None
+            )
+            if text == pending.shown and preview is None:
                 return
             try:
-                await pending.show(text)
+                await pending.show(text, preview)
             except discord.NotFound:
                 pending.status_gone = True  # the member deleted it: stop editing, still deliver
             except discord.HTTPException:

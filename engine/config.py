@@ -10,7 +10,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -96,6 +96,16 @@ class EngineSettings(BaseSettings):
     # results for NSFW content. Off by default.
     safety_model: str | None = None
     safety_threshold: float = 0.5
+
+    # Live previews in the member's progress message, decoded with TAESD: the hub id or directory of
+    # an AutoencoderTiny (None: madebyollin/taesd, or taesdxl for SDXL models; "tiny": the offline one).
+    previews: bool = True
+    preview_model: str | None = None
+    preview_every_steps: int = Field(default=2, ge=1)
+    preview_side: int = Field(default=256, ge=32, le=1024)
+    # Decode the final images with TAESD instead of the full VAE: faster, softer detail (see the
+    # README's TAESD benchmark for the time and the PSNR between the two decodes).
+    fast_decode: bool = False
 
     @classmethod
     def settings_customise_sources(

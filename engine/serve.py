@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import signal
+from typing import Any
 
 from engine.compute import run_compute
 from engine.config import ConfigError, EngineSettings
@@ -32,6 +33,7 @@ def load_pipeline(settings: EngineSettings):  # type: ignore[no-untyped-def]
     settings.ensure_dirs()
     source = resolve_model(settings.image_model, settings.models_dir)
     pipeline = TextToImage(settings.image_model, source, device=settings.device, dtype=settings.dtype)
+    _attach_taesd(pipeline, settings)
     if not settings.safety_model:
         return pipeline
     from engine.pipelines.safety import SafetyClassifier, ScoredPipeline, build_tiny_classifier
@@ -53,6 +55,21 @@ def load_pipeline_or_stop(settings: EngineSettings):  # type: ignore[no-untyped-
         log.debug("loading %s failed", settings.image_model, exc_info=True)
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ConfigError(f"ATELIER_MODEL: cannot load {settings.image_model!r}: {reason[:300]}") from None
+
+
+def _attach_taesd(pipeline: Any, settings: EngineSettings) -> None:
+    from engine.pipelines.previews import PreviewOptions, attach_taesd, resolve_taesd
+
+    previews = settings.previews
+    if previews and settings.safety_model:
+        # The image filter judges finished images only: a preview would show what it may withhold.
+        log.info("live previews are off while an image filter (ATELIER_SAFETY_MODEL) is configured")
+        previews = False
+    if not previews and not settings.fast_decode:
+        return
+    source = resolve_taesd(settings.preview_model, pipeline.pipe, settings.models_dir, tiny=settings.tiny)
+    options = PreviewOptions(every_steps=settings.preview_every_steps, max_side=settings.preview_side)
+    attach_taesd(pipeline, source, previews=previews, fast_decode=settings.fast_decode, options=options)
 
 
 async def serve(

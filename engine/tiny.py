@@ -180,3 +180,24 @@ def build_tiny_sd(out_dir: Path, *, seed: int = 0) -> Path:
         requires_safety_checker=False,
     )
     return save_atomically(out_dir, pipe.save_pretrained, "model_index.json")
+
+
+def build_tiny_taesd(out_dir: Path, *, seed: int = 0) -> Path:
+    """A tiny random AutoencoderTiny for the tiny pipeline's latent space (4 channels, 2× per side),
+    saved like madebyollin/taesd so that it loads through the same ``from_pretrained``."""
+    if (out_dir / "config.json").is_file():
+        return out_dir
+    import torch
+    from diffusers import AutoencoderTiny
+
+    log.info("building the tiny TAESD in %s", out_dir)
+    torch.manual_seed(seed)
+    # Two blocks each way: one down- and one upsampling, the tiny VAE's factor of 2.
+    taesd = AutoencoderTiny(
+        encoder_block_out_channels=(8, 8),
+        decoder_block_out_channels=(8, 8),
+        num_encoder_blocks=(1, 1),
+        num_decoder_blocks=(1, 1),
+        latent_channels=4,
+    )
+    return save_atomically(out_dir, taesd.save_pretrained)

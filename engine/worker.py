@@ -22,6 +22,8 @@ from engine.pipelines.text_to_image import BatchOutput, Interrupted
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from engine.pipelines.previews import PreviewSink
+
 log = logging.getLogger(__name__)
 
 # Eight jobs per call: measured ahead of four, and level with sixteen without sixteen's straggler
@@ -41,6 +43,7 @@ class Pipeline(Protocol):
         *,
         should_stop: Callable[[], bool] = ...,
         on_step: Callable[[int, int], None] | None = ...,
+        previews: PreviewSink | None = ...,
     ) -> BatchOutput: ...
 
 
@@ -239,6 +242,7 @@ class EngineWorker:
                 [job.spec for job in batch.jobs],
                 should_stop=batch.should_stop,
                 on_step=reporter.on_step,
+                previews=reporter,
             )
         except Exception as exc:
             error = exc
@@ -325,7 +329,9 @@ class EngineWorker:
 
 class _ProgressReporter:
     """Carries step callbacks from the generation thread to the event loop: ``worker.progress`` always,
-    the queue's optional ``progress(job, step)`` at most once per interval."""
+    the queue's optional ``progress(job, step)`` at most once per interval, with a preview picture of
+    each job when the pipeline decoded one. The pipeline asks ``wants_preview`` before decoding, so
+    previews come at most once per interval too, and none is decoded that would not be sent."""
 
     def __init__(self, worker: EngineWorker, batch: _Batch) -> None:
         self.worker = worker
@@ -335,7 +341,12 @@ class _ProgressReporter:
         # that runs longer shows its first step soon, then one at most every interval.
         interval = worker.config.progress_interval_seconds
         self.last_report = time.monotonic() - interval + min(interval, _FIRST_PROGRESS_AFTER_SECONDS)
+        # Written by the generation thread only (in wants_preview).
+        self.last_preview = self.last_report
         self.pending: set[asyncio.Task[None]] = set()
+        self.step = 0
+        # job id → the newest preview not yet sent.
+        self.previews: dict[str, bytes] = {}
         for job in batch.jobs:
             worker.progress[job.id] = (0, job.spec.steps)
 
@@ -343,28 +354,54 @@ class _ProgressReporter:
         # Called from the generation thread: nothing here may touch the loop's state directly.
         self.loop.call_soon_threadsafe(self._record, step, total)
 
-    def _record(self, step: int, total: int) -> None:
+    def wants_preview(self, step: int, total: int) -> bool:
+        # Called from the generation thread before it decodes.
+        if self.worker._report_progress is None or step >= total:
+            return False
+        now = time.monotonic()
+        if now - self.last_preview < self.worker.config.progress_interval_seconds:
+            return False
+        self.last_preview = now
+        return True
+
+    def on_preview(self, step: int, total: int, images: list[bytes]) -> None:
+        self.loop.call_soon_threadsafe(self._record_preview, step, total, images)
+
+    def _record_preview(self, step: int, total: int, images: list[bytes]) -> None:
+        self.previews.update((job.id, image) for job, image in zip(self.batch.jobs, images, strict=False))
+        # Sent now (or by the send under way, which looks again before it ends), not an interval later.
+        self._record(step, total, force=True)
+
+    def _record(self, step: int, total: int, *, force: bool = False) -> None:
         for job in self.batch.jobs:
             self.worker.progress[job.id] = (step, total)
         report = self.worker._report_progress
         if report is None or step >= total:
             return  # the final step is reported by the job's completion
+        self.step = step
         now = time.monotonic()
-        if self.pending or now - self.last_report < self.worker.config.progress_interval_seconds:
+        if self.pending or (not force and now - self.last_report < self.worker.config.progress_interval_seconds):
             return
         self.last_report = now
-        task = asyncio.create_task(self._send(report, step))
+        task = asyncio.create_task(self._send(report))
         self.pending.add(task)
         task.add_done_callback(self.pending.discard)
 
-    async def _send(self, report: Callable[[ClaimedJob, int], Any], step: int) -> None:
-        for job in self.batch.jobs:
-            if self.batch.gone(job):
-                continue
-            try:
-                await report(job, step)
-            except Exception:
-                log.debug("could not record progress of job %s", job.id, exc_info=True)
+    async def _send(self, report: Callable[..., Any]) -> None:
+        # Previews that arrived while a report was being written go out in another round of this one.
+        while True:
+            step, previews, self.previews = self.step, self.previews, {}
+            for job in self.batch.jobs:
+                if self.batch.gone(job):
+                    continue
+                preview = previews.get(job.id)
+                try:
+                    # Only with a preview: a queue's progress need not take one.
+                    await (report(job, step) if preview is None else report(job, step, preview=preview))
+                except Exception:
+                    log.debug("could not record progress of job %s", job.id, exc_info=True)
+            if not self.previews:
+                return
 
     async def close(self) -> None:
         # Let step callbacks already queued from the thread run, and progress writes land, before the

@@ -9,6 +9,7 @@ import time
 import uuid
 from dataclasses import dataclass, replace
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, Protocol
 
 from sqlalchemy import func, select, update
@@ -131,6 +132,8 @@ class Progress:
     steps: int
     model: str = ""
     engine_online: bool = True
+    # The engine's newest live preview of a running job (a small JPEG), when it sends them.
+    preview: bytes | None = None
 
     def describe(self, locale: str = i18n.DEFAULT_LOCALE) -> str:
         """What a member reads; it changes only when something they would notice does (the state, the
@@ -535,6 +538,9 @@ class JobService:
                 )
             ).scalar_one()
         online = job.status != JobStatus.QUEUED or await self._engine_online(job.model)
+        preview = None
+        if job.status == JobStatus.RUNNING:
+            preview = await asyncio.to_thread(_read_if_present, ledger.preview_path(self.settings.images_dir, job_id))
         return Progress(
             job.status,
             int(ahead) + 1,
@@ -543,6 +549,7 @@ class JobService:
             job.steps,
             job.model,
             online,
+            preview,
         )
 
     async def _engine_online(self, model: str) -> bool:
@@ -577,6 +584,18 @@ class JobService:
         if expired:
             log.warning("cancelled %d job(s) no engine took in time", len(expired))
         return expired
+
+
+def _read_if_present(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def discard_preview(images_dir: Path, job_id: str) -> None:
+    """The live preview has no use once the result is out."""
+    ledger.preview_path(images_dir, job_id).unlink(missing_ok=True)
 
 
 def job_row(job_id: str, spec: JobSpec, **fields: Any) -> Job:

@@ -13,6 +13,7 @@ import discord
 
 from bot import i18n
 from bot.services.delivery import DEFAULT_UPLOAD_LIMIT, Attachment, blur, fit_upload, grid
+from bot.services.jobs import discard_preview
 from bot.services.records import JobRecord
 from bot.ui.messages import result_embed
 from bot.ui.translator import guild_locale, locale_of
@@ -51,6 +52,7 @@ async def deliver_job(bot: AtelierBot, job: JobRecord) -> None:
             bot.pending_replies[job.id] = pending
         return
     await bot.delivery.delivered(job.id, message.id)
+    await asyncio.to_thread(discard_preview, bot.settings.images_dir, job.id)
     log.info("delivered job %s as message %s", job.id, message.id)
 
 

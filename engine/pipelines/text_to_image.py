@@ -7,10 +7,13 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.contract import IMAGE_TO_IMAGE_KINDS, GeneratedImage, JobSpec, PermanentJobError
 from engine.pngmeta import png_with_metadata
+
+if TYPE_CHECKING:
+    from engine.pipelines.previews import PreviewSink
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +105,8 @@ class TextToImage:
         self.pipe.to(self.device)
         self.pipe.set_progress_bar_config(disable=True)
         self._image_to_image: Any = None
+        # TAESD previews of the image forming, when engine.pipelines.previews.attach_taesd set one up.
+        self.previewer: Any = None
         self._prepare()
         log.info("loaded %s on %s (%s) in %.1fs", model, self.device, self.dtype, time.perf_counter() - started)
         self.warmup_seconds = self.warm_up() if self.options.warmup else 0.0
@@ -155,8 +160,11 @@ class TextToImage:
         *,
         should_stop: Callable[[], bool] = lambda: False,
         on_step: Callable[[int, int], None] | None = None,
+        previews: PreviewSink | None = None,
     ) -> BatchOutput:
         """One pipeline call for jobs sharing a batch key; each image keeps its own seeded generator."""
+        from engine.pipelines.previews import preview_hook
+
         first = jobs[0]
         prompts: list[str] = []
         negatives: list[str] = []
@@ -169,9 +177,12 @@ class TextToImage:
                 generators.append(self._torch.Generator("cpu").manual_seed(seed))
 
         def step_end(pipe: Any, step: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
+            # Image-to-image runs only the tail of the schedule; the pipeline knows how many steps.
+            total = getattr(pipe, "num_timesteps", None) or first.steps
+            if preview is not None:
+                preview(step + 1, total, callback_kwargs)
             if on_step is not None:
-                # Image-to-image runs only the tail of the schedule; the pipeline knows how many steps.
-                on_step(step + 1, getattr(pipe, "num_timesteps", None) or first.steps)
+                on_step(step + 1, total)
             if should_stop():
                 pipe._interrupt = True
             return callback_kwargs
@@ -183,8 +194,14 @@ class TextToImage:
         # A fresh scheduler per call: schedulers keep per-run state (step index, sigmas).
         self.pipe.scheduler = self.pipe.scheduler.from_config(self.pipe.scheduler.config)
         self._set_vae_tiling(first.width * first.height)
-        with self._torch.inference_mode(), _bad_arguments_are_permanent():
-            if first.kind in IMAGE_TO_IMAGE_KINDS:
+        image_to_image_kind = first.kind in IMAGE_TO_IMAGE_KINDS
+        scheduler = (self.image_to_image_pipe() if image_to_image_kind else self.pipe).scheduler
+        with (
+            self._torch.inference_mode(),
+            _bad_arguments_are_permanent(),
+            preview_hook(self.previewer, previews, scheduler, [job.count for job in jobs]) as preview,
+        ):
+            if image_to_image_kind:
                 from engine.pipelines import image_to_image
 
                 pil_images = image_to_image.run(

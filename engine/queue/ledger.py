@@ -177,6 +177,12 @@ def write_images(images_dir: Path, job_id: str, generated: list[GeneratedImage])
     return paths
 
 
+def preview_path(images_dir: Path, job_id: str) -> Path:
+    """A running job's newest live preview: one file per job, replaced as the image forms, removed
+    once the job's result is out."""
+    return images_dir / "previews" / f"{job_id}.jpg"
+
+
 def open_job(job_id: str, lease_owner: str | None) -> ColumnElement[bool]:
     """The row a result may still change. With a lease owner (SQLite backend) the row must be running
     under that lease; without one (results arriving from Redis, where the row never left "queued"

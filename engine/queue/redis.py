@@ -350,6 +350,9 @@ class RedisQueue:
             async with database.transaction() as session:
                 await ledger.mark_started(session, job_id, attempt)
         elif event == "progress":
+            if "preview" in fields:
+                path = ledger.preview_path(self.settings.images_dir, job_id)
+                await asyncio.to_thread(ledger.write_atomically, path, fields["preview"])
             async with database.transaction() as session:
                 await ledger.record_progress(session, job_id, int(_text(fields["step"])))
         elif event == "succeeded":
@@ -466,10 +469,14 @@ class RedisQueue:
         state = await self._renew(args=[*_Lease.of(job).args(self.prefix), job.id], client=self.redis)
         return {0: LeaseState.LOST, 1: LeaseState.HELD, 2: LeaseState.CANCELLED}[int(state)]
 
-    async def progress(self, job: ClaimedJob, step: int, total: int | None = None) -> None:
+    async def progress(
+        self, job: ClaimedJob, step: int, total: int | None = None, *, preview: bytes | None = None
+    ) -> None:
         fields: dict[str, Any] = {"event": "progress", "job_id": job.id, "step": step}
         if total is not None:
             fields["total"] = total
+        if preview is not None:
+            fields["preview"] = preview  # a small JPEG; the bot writes it where its progress pass reads it
         await self.redis.xadd(self._key("results"), fields)
 
     async def complete(self, job: ClaimedJob, result: JobResult) -> bool:

@@ -255,7 +255,10 @@ class SqliteQueue:
             return LeaseState.LOST
         return LeaseState.CANCELLED if cancel else LeaseState.HELD
 
-    async def progress(self, job: ClaimedJob, step: int) -> None:
+    async def progress(self, job: ClaimedJob, step: int, *, preview: bytes | None = None) -> None:
+        if preview is not None:
+            path = ledger.preview_path(self.settings.images_dir, job.id)
+            await asyncio.to_thread(ledger.write_atomically, path, preview)
         async with self.db.transaction() as session:
             await ledger.record_progress(session, job.id, step, lease_owner=job.lease_token)
 

@@ -47,13 +47,14 @@ class Harness:
         self.bot = bot
         return bot
 
-    def start_engine(self) -> None:
+    def start_engine(self, pipeline: object | None = None, **config: float) -> None:
+        """An engine on the queue; ``pipeline`` stands in for the tiny one, ``config`` sets WorkerConfig fields."""
         db = Database(self.settings.db_url)
         self._databases.append(db)
         self.engine = EngineWorker(
             SqliteQueue(db, self.settings),
-            self.pipeline,
-            WorkerConfig(heartbeat_seconds=0.3, poll_seconds=0.02),  # type: ignore[arg-type]
+            pipeline or self.pipeline,  # type: ignore[arg-type]
+            WorkerConfig(**{"heartbeat_seconds": 0.3, "poll_seconds": 0.02, **config}),  # type: ignore[arg-type]
         )
         self.engine_task = asyncio.create_task(self.engine.run())
 
