@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from engine.compute import call_compute
 from engine.contract import JobSpec
 from engine.queue.sqlite import SqliteQueue
-from engine.timing import percentile
+from engine.timing import peak_memory, percentile, reset_peak_memory
 
 if TYPE_CHECKING:
     from engine.config import EngineSettings
@@ -92,6 +92,12 @@ def add_bench_engine_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--compile", action="store_true", help="torch.compile the UNet (its compilation shows in warmup_s)"
     )
+    parser.add_argument(
+        "--compile-mode",
+        default="max-autotune-no-cudagraphs",
+        help="torch.compile mode (default: max-autotune-no-cudagraphs; 'default' compiles in far less time)",
+    )
+    parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend (default: inductor)")
     parser.add_argument("--rounds", type=int, default=5, help="paired baseline and engine passes (medians reported)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument(
@@ -188,7 +194,12 @@ def run_bench_engine(args: argparse.Namespace) -> int:
     else:
         base.ensure_dirs()
         source = resolve_model(TINY_MODEL, base.models_dir)
-    options = PipelineOptions(warmup_side=min(width, height), compile_unet=args.compile)
+    options = PipelineOptions(
+        warmup_side=min(width, height),
+        compile_unet=args.compile,
+        compile_mode=None if args.compile_mode == "default" else args.compile_mode,
+        compile_backend=args.compile_backend,
+    )
     pipeline = call_compute(
         TextToImage, model, source, device=str(device), dtype=str(dtype).removeprefix("torch."), options=options
     )
@@ -215,6 +226,7 @@ def run_bench(pipeline: TextToImage, bench: BenchSpec, settings: EngineSettings,
     from migrations import upgrade
 
     jobs = bench.jobs()
+    reset_peak_memory()
     # Warm-up for both paths at the measured shapes: a long-running process would be warm too. Its cost
     # is reported: a compiled UNet must earn it back.
     started = time.perf_counter()
@@ -285,8 +297,19 @@ def run_bench(pipeline: TextToImage, bench: BenchSpec, settings: EngineSettings,
         "poll_seconds": settings.claim_poll_seconds,
         "warmup_s": round(warmup_seconds, 2),
         "compiled_unet": pipeline.options.compile_unet,
+        "compile": _compile_description(pipeline.options),
         "failed": failed,
+        # Peaks over warm-up and every round, both paths (the baseline's batch is 1, the engine's up to max_batch).
+        **peak_memory(),
     }
+
+
+def _compile_description(options: Any) -> str | None:
+    if not options.compile_unet:
+        return None
+    if options.compile_backend != "inductor":
+        return options.compile_backend
+    return f"inductor, {options.compile_mode or 'default'}"
 
 
 def _percentile_ms(seconds: list[float], q: float) -> float:

@@ -1,4 +1,4 @@
-"""`atelier bench expand|engine|queue`: benchmarks that print JSON."""
+"""`atelier bench expand|engine|queue|taesd`: benchmarks that print JSON."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
     from bot.cli.expand import add_bench_expand_arguments, run_bench_expand
     from engine.bench import add_bench_engine_arguments, run_bench_engine
+    from engine.bench_previews import add_bench_taesd_arguments, run_bench_taesd
     from engine.queue.bench import add_bench_queue_arguments, run_bench_queue
 
     bench = sub.add_parser("bench", help="benchmarks that print JSON").add_subparsers(dest="bench", required=True)
@@ -27,3 +28,8 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> Non
     common(p)
     add_bench_queue_arguments(p)
     p.set_defaults(func=run_bench_queue)
+
+    p = bench.add_parser("taesd", help="TAESD against the full VAE (ms per image, PSNR) and the cost of previews")
+    common(p)
+    add_bench_taesd_arguments(p)
+    p.set_defaults(func=run_bench_taesd)

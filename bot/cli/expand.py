@@ -13,7 +13,7 @@ from typing import Any
 from bot.cli.wiring import expansion_config, settings_from
 from bot.errors import InvalidRequest
 from bot.services.expansion.service import Expansion, ExpansionConfig, ExpansionService
-from engine.timing import percentile
+from engine.timing import peak_memory, percentile, reset_peak_memory
 
 BENCH_PROMPTS = (
     "a fox in the snow",
@@ -192,6 +192,7 @@ def run_bench_expand(args: argparse.Namespace) -> int:
     conversations = [probe.conversation(p, find_style(None)) for p in BENCH_PROMPTS]
     llm.generate(conversations[:1], [0], max_new_tokens=4)  # warm-up: first-call allocations, kernels
 
+    reset_peak_memory()
     # 1. The model alone: requests arrive in groups of --batch and each group is one generate call.
     latencies: list[float] = []
     new_tokens = 0
@@ -250,6 +251,8 @@ def run_bench_expand(args: argparse.Namespace) -> int:
                 "generated_requests": service.generated_requests,
                 "fallback_rate": round(sum(r.source == "fallback" for r in results) / requests, 3),
             },
+            # Over both measurements (the same model; the service batches up to --batch as well).
+            **peak_memory(),
         },
         args,
     )

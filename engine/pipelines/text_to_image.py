@@ -64,6 +64,9 @@ class PipelineOptions:
     # `atelier bench engine --compile` shows the gain outweighing its warmup_s.
     compile_unet: bool = False
     compile_mode: str | None = "max-autotune-no-cudagraphs"
+    # "eager" traces without generating code: what the CPU test of scripts/gpu-bench uses to keep the
+    # compile path exercised in seconds rather than minutes.
+    compile_backend: str = "inductor"
 
 
 class TextToImage:
@@ -125,7 +128,8 @@ class TextToImage:
             vae.enable_slicing()
         if self.options.compile_unet:
             log.info("compiling the UNet (mode %s); the warm-up pays for it", self.options.compile_mode)
-            self.pipe.unet.compile(mode=self.options.compile_mode)
+            mode = self.options.compile_mode if self.options.compile_backend == "inductor" else None
+            self.pipe.unet.compile(mode=mode, backend=self.options.compile_backend)
 
     def warm_up(self, side: int | None = None, *, steps: int = 1) -> float:
         side = side or self.options.warmup_side
