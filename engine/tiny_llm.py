@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 QWEN_1_5B_CONFIG = CONFIGS_DIR / "qwen2.5-1.5b.json"
+QWEN_0_5B_CONFIG = CONFIGS_DIR / "qwen2.5-0.5b.json"
 
 # Qwen's ChatML layout, so prompts are built exactly as they are for the real model.
 CHAT_TEMPLATE = (

@@ -163,6 +163,84 @@ def add_bench_expand_arguments(parser: argparse.ArgumentParser) -> None:
         help="Qwen2.5-1.5B's architecture from engine/configs with random weights: the real model's speed offline",
     )
     parser.add_argument("--max-new-tokens", type=int, help="default: the configured max_new_tokens")
+    parser.add_argument(
+        "--arch",
+        choices=RANDOM_ARCHITECTURES,
+        default="qwen2.5-1.5b",
+        help="the architecture --random-weights builds (default qwen2.5-1.5b; qwen2.5-0.5b for a CPU)",
+    )
+    parser.add_argument(
+        "--compare",
+        action="store_true",
+        help="plain generate per request against batching and against batching with the system prompt's cache",
+    )
+
+
+RANDOM_ARCHITECTURES = ("qwen2.5-0.5b", "qwen2.5-1.5b")
+
+
+def compare_generation(
+    llm: Any,
+    conversations: list[list[dict[str, str]]],
+    config: ExpansionConfig,
+    args: argparse.Namespace,
+    requests: int,
+) -> dict[str, Any]:
+    """One burst of ``requests`` three ways, on the same loaded model, in one run:
+
+    - plain: one ``generate`` per request, one after the other (a script without Atelier);
+    - batched: the burst in calls of --batch requests (Atelier's batcher), each row encoding the system
+      prompt anew;
+    - atelier: batched, every call continuing from the system prompt's cached keys and values.
+
+    Latencies run from the burst's start (a request waits for those before it). Replies are seeded per
+    request, so the three ways are compared reply by reply too.
+    """
+    burst = [conversations[i % len(conversations)] for i in range(requests)]
+    seeds = list(range(requests))
+    ways = {"plain": (1, False), "batched": (max(1, args.batch), False), "atelier": (max(1, args.batch), True)}
+    report: dict[str, Any] = {
+        "quantization": llm.quantization,
+        "device": llm.device,
+        "requests": requests,
+        "batch": args.batch,
+        "max_new_tokens": config.max_new_tokens,
+    }
+    replies: dict[str, list[str]] = {}
+    for name, (batch, reuse) in ways.items():
+        llm.reuse_system_prompt = reuse
+        reset_peak_memory()
+        latencies: list[float] = []
+        texts: list[str] = []
+        new_tokens = 0
+        started = time.perf_counter()
+        for first in range(0, requests, batch):
+            generations = llm.generate(
+                burst[first : first + batch],
+                seeds[first : first + batch],
+                max_new_tokens=config.max_new_tokens,
+                temperature=config.temperature,
+                top_k=config.top_k,
+            )
+            latencies += [(time.perf_counter() - started) * 1000] * len(generations)
+            new_tokens += sum(g.new_tokens for g in generations)
+            texts += [g.text for g in generations]
+        wall = time.perf_counter() - started
+        replies[name] = texts
+        report[name] = {
+            "new_tokens_per_s": round(new_tokens / wall, 1),
+            "p50_ms": _ms(latencies, 50),
+            "p95_ms": _ms(latencies, 95),
+            "wall_s": round(wall, 3),
+            **peak_memory(),
+        }
+    llm.reuse_system_prompt = True
+    for name in ("batched", "atelier"):
+        report[f"{name}_speedup"] = round(report[name]["new_tokens_per_s"] / report["plain"]["new_tokens_per_s"], 2)
+        report[f"{name}_p50_ratio"] = round(report[name]["p50_ms"] / report["plain"]["p50_ms"], 3)
+        same = sum(a == b for a, b in zip(replies[name], replies["plain"], strict=True))
+        report[f"{name}_same_replies"] = round(same / requests, 3)
+    return report
 
 
 def run_bench_expand(args: argparse.Namespace) -> int:
@@ -172,9 +250,13 @@ def run_bench_expand(args: argparse.Namespace) -> int:
 
     config = _config(args, mode="llm")
     if args.random_weights:
-        from engine.tiny_llm import build_random_llm
+        from engine.tiny_llm import CONFIGS_DIR, build_random_llm
 
-        config.model = str(build_random_llm(settings_from(args).models_dir / "random-qwen2.5-1.5b"))
+        config.model = str(
+            build_random_llm(
+                settings_from(args).models_dir / f"random-{args.arch}", config_file=CONFIGS_DIR / f"{args.arch}.json"
+            )
+        )
         config.quantization = "nf4"
     if args.model:
         config.model = args.model
@@ -191,6 +273,9 @@ def run_bench_expand(args: argparse.Namespace) -> int:
     probe = ExpansionService(config, llm_factory=lambda _: llm)
     conversations = [probe.conversation(p, find_style(None)) for p in BENCH_PROMPTS]
     llm.generate(conversations[:1], [0], max_new_tokens=4)  # warm-up: first-call allocations, kernels
+    if args.compare:
+        _print({"model": config.model, **compare_generation(llm, conversations, config, args, requests)}, args)
+        return 0
 
     reset_peak_memory()
     # 1. The model alone: requests arrive in groups of --batch and each group is one generate call.

@@ -6,10 +6,13 @@ torch or transformers being loaded.
 
 from __future__ import annotations
 
+import copy
+import inspect
 import logging
 import threading
 import time
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +21,7 @@ from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
     BitsAndBytesConfig,
+    DynamicCache,
     GenerationConfig,
     LogitsProcessor,
     LogitsProcessorList,
@@ -29,6 +33,8 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
 
 QUANTIZATIONS = ("nf4", "int8", "none")
+# System prompts whose keys and values are kept (the plain one and the one with the rendering hint).
+PREFIX_CACHE_ENTRIES = 4
 
 
 @dataclass(frozen=True)
@@ -94,7 +100,9 @@ def _unquantized_dtype(quantization: str, device: str) -> torch.dtype:
 class LocalLLM:
     """A causal LM with a chat template, quantized with bitsandbytes where asked and where it works."""
 
-    def __init__(self, model: str, *, quantization: str = "nf4", device: str = "auto") -> None:
+    def __init__(
+        self, model: str, *, quantization: str = "nf4", device: str = "auto", reuse_system_prompt: bool = True
+    ) -> None:
         if quantization not in QUANTIZATIONS:
             raise ValueError(f"quantization is one of {', '.join(QUANTIZATIONS)}, not {quantization!r}")
         self.device = resolve_device(device)
@@ -114,6 +122,15 @@ class LocalLLM:
             eos_token_id=self.eos_token_id, pad_token_id=self.tokenizer.pad_token_id
         )
         self.generate_calls = 0
+        # Every request starts with the same system turn: its keys and values are computed once and
+        # every batch continues from a copy (see _prefix_cache). `atelier bench expand --compare`
+        # measures it against plain generate calls.
+        self.reuse_system_prompt = reuse_system_prompt
+        self._prefixes: OrderedDict[tuple[int, ...], DynamicCache] = OrderedDict()
+        # transformers 5.2x renamed past_key_values to cache (the old name still works, with a warning).
+        forward = inspect.signature(self.model.forward).parameters
+        self._cache_argument = "cache" if "cache" in forward else "past_key_values"
+        self.prefix_hits = 0
         # The service calls from one thread; the lock keeps a second caller (a benchmark) from interleaving.
         self._lock = threading.Lock()
         log.info("loaded %s (%s) on %s in %.1fs", model, self.quantization, self.device, time.perf_counter() - started)
@@ -164,7 +181,7 @@ class LocalLLM:
         top_k: int = 40,
     ) -> list[Generation]:
         """One batched generate call. Blocking: callers run it in the LLM's own thread."""
-        inputs = self.tokenizer(self.prompts(conversations), return_tensors="pt", padding=True).to(self.device)
+        prompts = self.prompts(conversations)
         config = GenerationConfig(
             max_new_tokens=max_new_tokens,
             do_sample=False,  # the sampling is SeededSampler's, so it is reproducible per request
@@ -175,6 +192,9 @@ class LocalLLM:
         sampler = SeededSampler([seed % 2**63 for seed in seeds], temperature=temperature, top_k=top_k)
         with self._lock, torch.inference_mode():
             self.generate_calls += 1
+            inputs = self._with_system_prompt_cached(conversations, prompts) if self.reuse_system_prompt else None
+            if inputs is None:
+                inputs = dict(self.tokenizer(prompts, return_tensors="pt", padding=True).to(self.device))
             output = self.model.generate(
                 **inputs, generation_config=config, logits_processor=LogitsProcessorList([sampler])
             )
@@ -188,3 +208,53 @@ class LocalLLM:
             text = self.tokenizer.decode([t for t in tokens if t < vocabulary], skip_special_tokens=True)
             results.append(Generation(text, len(tokens)))
         return results
+
+    def _with_system_prompt_cached(
+        self, conversations: list[list[dict[str, str]]], prompts: list[str]
+    ) -> dict[str, Any] | None:
+        """Inputs that continue from the shared system turn's cached keys and values, or None when the
+        batch does not share one.
+
+        Each row is laid out as [system turn][padding][its own turn]: the padding, masked out, sits
+        between the shared part and the rest, so the shared part has the same positions in every row
+        and its cache is one tensor repeated over the batch. Positions come from the attention mask, as
+        with left padding, so every token sees the positions it would have in a plain call.
+        """
+        systems = [c[0] for c in conversations if c and c[0].get("role") == "system"]
+        if len(systems) != len(conversations) or any(s != systems[0] for s in systems):
+            return None
+        shared = self.tokenizer.apply_chat_template([systems[0]], tokenize=False, add_generation_prompt=False)
+        prefix = self.tokenizer(shared, add_special_tokens=False)["input_ids"]
+        rows = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
+        if not prefix or any(row[: len(prefix)] != prefix or len(row) <= len(prefix) for row in rows):
+            return None  # a template whose tokens do not split at the turn: the plain path
+        width = max(len(row) for row in rows)
+        pad = self.tokenizer.pad_token_id
+        ids, mask = [], []
+        for row in rows:
+            gap = width - len(row)
+            ids.append(prefix + [pad] * gap + row[len(prefix) :])
+            mask.append([1] * len(prefix) + [0] * gap + [1] * (len(row) - len(prefix)))
+        cache = copy.deepcopy(self._prefix_cache(tuple(prefix)))
+        if len(rows) > 1:
+            cache.batch_repeat_interleave(len(rows))
+        return {
+            "input_ids": torch.tensor(ids, device=self.device),
+            "attention_mask": torch.tensor(mask, device=self.device),
+            self._cache_argument: cache,
+        }
+
+    def _prefix_cache(self, prefix: tuple[int, ...]) -> DynamicCache:
+        cached = self._prefixes.get(prefix)
+        if cached is not None:
+            self.prefix_hits += 1
+            self._prefixes.move_to_end(prefix)
+            return cached
+        cache = DynamicCache(config=self.model.config)
+        self.model(
+            input_ids=torch.tensor([prefix], device=self.device), use_cache=True, **{self._cache_argument: cache}
+        )
+        self._prefixes[prefix] = cache
+        while len(self._prefixes) > PREFIX_CACHE_ENTRIES:
+            self._prefixes.popitem(last=False)
+        return cache
