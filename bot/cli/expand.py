@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -174,6 +175,7 @@ def add_bench_expand_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="plain generate per request against batching and against batching with the system prompt's cache",
     )
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of --compare (medians reported)")
 
 
 RANDOM_ARCHITECTURES = ("qwen2.5-0.5b", "qwen2.5-1.5b")
@@ -193,53 +195,65 @@ def compare_generation(
       prompt anew;
     - atelier: batched, every call continuing from the system prompt's cached keys and values.
 
-    Latencies run from the burst's start (a request waits for those before it). Replies are seeded per
-    request, so the three ways are compared reply by reply too.
+    Latencies run from the burst's start (a request waits for those before it). Each round runs the
+    three in a rotated order, so warm-up and a shared machine's drift fall on each alike; rates are
+    medians over rounds, latencies pooled. Replies are seeded per request and compared with plain's.
     """
     burst = [conversations[i % len(conversations)] for i in range(requests)]
     seeds = list(range(requests))
     ways = {"plain": (1, False), "batched": (max(1, args.batch), False), "atelier": (max(1, args.batch), True)}
+    rates: dict[str, list[float]] = {name: [] for name in ways}
+    latencies: dict[str, list[float]] = {name: [] for name in ways}
+    memory: dict[str, dict[str, float | None]] = {}
+    replies: dict[str, list[str]] = {}
+    rounds = max(1, args.rounds)
+    for round_index in range(rounds):
+        order = list(ways)[round_index % 3 :] + list(ways)[: round_index % 3]
+        for name in order:
+            batch, reuse = ways[name]
+            llm.reuse_system_prompt = reuse
+            reset_peak_memory()
+            texts: list[str] = []
+            new_tokens = 0
+            started = time.perf_counter()
+            for first in range(0, requests, batch):
+                generations = llm.generate(
+                    burst[first : first + batch],
+                    seeds[first : first + batch],
+                    max_new_tokens=config.max_new_tokens,
+                    temperature=config.temperature,
+                    top_k=config.top_k,
+                )
+                latencies[name] += [(time.perf_counter() - started) * 1000] * len(generations)
+                new_tokens += sum(g.new_tokens for g in generations)
+                texts += [g.text for g in generations]
+            rates[name].append(new_tokens / (time.perf_counter() - started))
+            memory[name] = peak_memory()
+            replies[name] = texts
+    llm.reuse_system_prompt = True
     report: dict[str, Any] = {
         "quantization": llm.quantization,
         "device": llm.device,
         "requests": requests,
         "batch": args.batch,
+        "rounds": rounds,
         "max_new_tokens": config.max_new_tokens,
     }
-    replies: dict[str, list[str]] = {}
-    for name, (batch, reuse) in ways.items():
-        llm.reuse_system_prompt = reuse
-        reset_peak_memory()
-        latencies: list[float] = []
-        texts: list[str] = []
-        new_tokens = 0
-        started = time.perf_counter()
-        for first in range(0, requests, batch):
-            generations = llm.generate(
-                burst[first : first + batch],
-                seeds[first : first + batch],
-                max_new_tokens=config.max_new_tokens,
-                temperature=config.temperature,
-                top_k=config.top_k,
-            )
-            latencies += [(time.perf_counter() - started) * 1000] * len(generations)
-            new_tokens += sum(g.new_tokens for g in generations)
-            texts += [g.text for g in generations]
-        wall = time.perf_counter() - started
-        replies[name] = texts
+    for name in ways:
         report[name] = {
-            "new_tokens_per_s": round(new_tokens / wall, 1),
-            "p50_ms": _ms(latencies, 50),
-            "p95_ms": _ms(latencies, 95),
-            "wall_s": round(wall, 3),
-            **peak_memory(),
+            "new_tokens_per_s": round(statistics.median(rates[name]), 1),
+            "p50_ms": _ms(latencies[name], 50),
+            "p95_ms": _ms(latencies[name], 95),
+            **memory[name],
         }
-    llm.reuse_system_prompt = True
     for name in ("batched", "atelier"):
         report[f"{name}_speedup"] = round(report[name]["new_tokens_per_s"] / report["plain"]["new_tokens_per_s"], 2)
         report[f"{name}_p50_ratio"] = round(report[name]["p50_ms"] / report["plain"]["p50_ms"], 3)
         same = sum(a == b for a, b in zip(replies[name], replies["plain"], strict=True))
         report[f"{name}_same_replies"] = round(same / requests, 3)
+    report["atelier_vs_batched_speedup"] = round(
+        report["atelier"]["new_tokens_per_s"] / report["batched"]["new_tokens_per_s"], 2
+    )
     return report
 
 
