@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -66,6 +67,7 @@ def _add_once(parser: argparse.ArgumentParser, *flags: str, **kwargs: Any) -> No
 
 def add_bench_engine_arguments(parser: argparse.ArgumentParser) -> None:
     from engine.pipelines.registry import ARCHITECTURES
+    from engine.pipelines.speedups import UNET_CACHES, UNET_QUANTIZATIONS
     from engine.worker import DEFAULT_BATCH_WAIT_MS, DEFAULT_MAX_BATCH
 
     _add_once(parser, "--tiny", action="store_true", help="the offline tiny model (the default without --arch)")
@@ -98,6 +100,18 @@ def add_bench_engine_arguments(parser: argparse.ArgumentParser) -> None:
         help="torch.compile mode (default: max-autotune-no-cudagraphs; 'default' compiles in far less time)",
     )
     parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend (default: inductor)")
+    parser.add_argument(
+        "--unet-quantization",
+        choices=UNET_QUANTIZATIONS,
+        default="none",
+        help="also time a second pipeline with the UNet quantized (torchao), against the plain one",
+    )
+    parser.add_argument(
+        "--unet-cache",
+        choices=UNET_CACHES,
+        default="none",
+        help="also time a second pipeline with this UNet cache, against the plain one",
+    )
     parser.add_argument("--rounds", type=int, default=5, help="paired baseline and engine passes (medians reported)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument(
@@ -206,6 +220,24 @@ def run_bench_engine(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="atelier-bench-") as scratch:
         settings = EngineSettings(data_dir=Path(scratch), models_path=base.models_dir)
         report = run_bench(pipeline, bench, settings, rounds=args.rounds)
+    if args.unet_quantization != "none" or args.unet_cache != "none":
+        from engine.bench_speedups import compare_speedup
+
+        # A second pipeline from the same weights (the random ones are seeded), with the speed-up.
+        if args.random_weights:
+            source = call_compute(build_random_pipeline, args.arch, device=device, dtype=dtype)
+        fast_options = dataclasses.replace(
+            options, unet_quantization=args.unet_quantization, unet_cache=args.unet_cache
+        )
+        fast = call_compute(
+            TextToImage,
+            model,
+            source,
+            device=str(device),
+            dtype=str(dtype).removeprefix("torch."),
+            options=fast_options,
+        )
+        report["unet_speedup"] = call_compute(compare_speedup, pipeline, fast, bench.jobs(), rounds=args.rounds)
     if args.json:
         print(json.dumps(report))
     else:

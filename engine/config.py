@@ -106,6 +106,10 @@ class EngineSettings(BaseSettings):
     # Decode the final images with TAESD instead of the full VAE: faster, softer detail (see the
     # README's TAESD benchmark for the time and the PSNR between the two decodes).
     fast_decode: bool = False
+    # UNet speed-ups (engine.pipelines.speedups): "int8-weight-only" / "float8-weight-only" (torchao),
+    # "pyramid-attention-broadcast" (pays only with several steps). Off by default; see the README's figures.
+    unet_quantization: Literal["none", "int8-weight-only", "float8-weight-only"] = "none"
+    unet_cache: Literal["none", "pyramid-attention-broadcast"] = "none"
 
     @classmethod
     def settings_customise_sources(

@@ -28,11 +28,12 @@ def quiet_model_libraries() -> None:
 def load_pipeline(settings: EngineSettings):  # type: ignore[no-untyped-def]
     quiet_model_libraries()
     from engine.pipelines.registry import resolve_model
-    from engine.pipelines.text_to_image import TextToImage
+    from engine.pipelines.text_to_image import PipelineOptions, TextToImage
 
     settings.ensure_dirs()
     source = resolve_model(settings.image_model, settings.models_dir)
-    pipeline = TextToImage(settings.image_model, source, device=settings.device, dtype=settings.dtype)
+    options = PipelineOptions(unet_quantization=settings.unet_quantization, unet_cache=settings.unet_cache)
+    pipeline = TextToImage(settings.image_model, source, device=settings.device, dtype=settings.dtype, options=options)
     _attach_taesd(pipeline, settings)
     if not settings.safety_model:
         return pipeline

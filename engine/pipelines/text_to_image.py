@@ -67,6 +67,10 @@ class PipelineOptions:
     # "eager" traces without generating code: what the CPU test of scripts/gpu-bench uses to keep the
     # compile path exercised in seconds rather than minutes.
     compile_backend: str = "inductor"
+    # torchao weight-only quantization of the UNet and attention broadcast across steps: see
+    # engine.pipelines.speedups for what applies to UNet models, and the README for their measured ratios.
+    unet_quantization: str = "none"
+    unet_cache: str = "none"
 
 
 class TextToImage:
@@ -126,6 +130,12 @@ class TextToImage:
             # batch and can fail a batch whose denoising already succeeded. Per-image decodes also give
             # exactly what a single-image call gives.
             vae.enable_slicing()
+        if self.options.unet_quantization != "none" or self.options.unet_cache != "none":
+            from engine.pipelines.speedups import apply_unet_speedups
+
+            apply_unet_speedups(
+                self.pipe.unet, quantization=self.options.unet_quantization, cache=self.options.unet_cache
+            )
         if self.options.compile_unet:
             log.info("compiling the UNet (mode %s); the warm-up pays for it", self.options.compile_mode)
             mode = self.options.compile_mode if self.options.compile_backend == "inductor" else None
