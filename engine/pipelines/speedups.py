@@ -43,7 +43,7 @@ def quantize_unet(unet: Any, quantization: str) -> None:
     try:
         from torchao.quantization import Float8WeightOnlyConfig, Int8WeightOnlyConfig, quantize_
     except ImportError as error:
-        raise RuntimeError(f"{quantization} needs torchao: pip install 'atelier[speed]' ({error})") from error
+        raise RuntimeError(f"{quantization} needs torchao: pip install 'atelier-discord[speed]' ({error})") from error
     config = Int8WeightOnlyConfig() if quantization == "int8-weight-only" else Float8WeightOnlyConfig()
     quantize_(unet, config)
     log.info("UNet weights quantized (%s, torchao)", quantization)

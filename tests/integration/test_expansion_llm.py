@@ -214,3 +214,22 @@ def test_random_weights_from_a_config_load_and_generate(tmp_path: Path) -> None:
     assert llm.model.config.vocab_size == 4096 > len(llm.tokenizer)
     generation = llm.generate([[{"role": "user", "content": "a fox"}]], [3], max_new_tokens=8)[0]
     assert generation.new_tokens == 8  # ids past the tokenizer's vocabulary are counted, not decoded
+
+
+def test_the_cached_system_prompt_gives_the_replies_of_plain_calls(tiny_llm: str) -> None:
+    service = ExpansionService(ExpansionConfig(mode="llm"))
+    conversations = [
+        service.conversation(prompt, find_style(None)) for prompt in (PROMPT, "a lighthouse on a cliff at dusk", "cat")
+    ]
+    plain = LocalLLM(tiny_llm, quantization="none", device="cpu", reuse_system_prompt=False)
+    cached = LocalLLM(tiny_llm, quantization="none", device="cpu")
+    expected = [g.text for g in plain.generate(conversations, [1, 2, 3], max_new_tokens=12)]
+    # A batch of rows of different lengths, then one row alone: both continue from one cached system turn.
+    assert [g.text for g in cached.generate(conversations, [1, 2, 3], max_new_tokens=12)] == expected
+    assert cached.generate(conversations[2:], [3], max_new_tokens=12)[0].text == expected[2]
+    assert cached.prefix_hits == 1 and len(cached._prefixes) == 1
+    # Conversations with different system turns share nothing: the plain path, the same replies.
+    other = [[{"role": "system", "content": "Be brief."}, conversations[0][1]], conversations[1]]
+    assert [g.text for g in cached.generate(other, [1, 2], max_new_tokens=12)] == [
+        g.text for g in plain.generate(other, [1, 2], max_new_tokens=12)
+    ]
