@@ -32,12 +32,18 @@ def test_gpu_bench_tiny_runs_every_benchmark_and_writes_their_json(tmp_path: Pat
     assert summary["tiny"] and all(entry["rc"] == 0 for entry in summary["benchmarks"])
     reports = {name: json.loads((out / f"{name}.json").read_text()) for name in names}
     engines = [name for name in names if name.startswith("engine-")]
-    assert len(engines) == 3
+    assert len(engines) == 4
     for name in engines:
         # Same pixels as the plain pipeline, a throughput ratio, and peak memory beside it.
         assert reports[name]["max_abs_diff"] == 0 and reports[name]["speedup"] > 0
         assert reports[name]["rss_peak_mb"] > 0 and "gpu_peak_mb" in reports[name]
     assert reports["engine-sd-turbo-compile"]["compiled_unet"] is True
+    # The quantized UNet against the plain one, in the same run.
+    quantized = reports["engine-sd-turbo-int8"]["unet_speedup"]
+    assert quantized["unet_quantization"] == "int8-weight-only" and quantized["speedup"] > 0
+    assert quantized["max_abs_diff"] <= 16
+    # The cached system prompt gives plain generate's replies.
+    assert reports["expand-compare"]["atelier_same_replies"] == 1.0
     for name in ("expand-nf4-batch1", "expand-nf4-batch8"):
         assert reports[name]["new_tokens_per_s"] > 0 and reports[name]["rss_peak_mb"] > 0
     for name in (n for n in names if n.startswith("taesd-")):
