@@ -29,6 +29,9 @@ class Settings(EngineSettings):
     # A job no engine has taken after this long is cancelled and refunded, with a message, rather than
     # left "Queued" for ever (no engine online for its model, say). None: never.
     queued_ttl_seconds: float | None = 3600.0
+    # The engine `atelier imagine` starts when none runs stays this long after its queue goes idle, so the
+    # next local command finds it warm.
+    local_engine_idle_seconds: float = 30.0
 
     # Sharding, for bots in many guilds: this process runs the shards shard_ids (all of them when unset)
     # of shard_count, and delivers the results of the guilds on those shards. None: one unsharded client.

@@ -131,11 +131,11 @@ def engine_environment(environ: Mapping[str, str]) -> dict[str, str]:
     }
 
 
-def spawn_engine(settings: Settings, *, idle_exit: float = 30.0) -> subprocess.Popen[bytes]:
+def spawn_engine(settings: Settings) -> subprocess.Popen[bytes]:
     """An engine of our own that exits once the queue has been idle a while."""
     logs = settings.data_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "engine", "--idle-exit", str(idle_exit)]
+    command = [sys.executable, "-m", "engine", "--idle-exit", str(settings.local_engine_idle_seconds)]
     if settings.tiny:
         command.append("--tiny")
     env = {**engine_environment(os.environ), "ATELIER_DATA_DIR": str(settings.data_dir)}

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 
@@ -37,6 +39,9 @@ def _pixels(path: str) -> np.ndarray:
 
 @pytest.mark.slow
 def test_imagine_makes_a_png_and_the_same_seed_gives_the_same_pixels(settings_env: dict[str, str]) -> None:
+    # The engine the first call starts must outlive the slowest gap between these commands on a loaded
+    # machine; the test stops it at the end.
+    settings_env = settings_env | {"ATELIER_LOCAL_ENGINE_IDLE_SECONDS": "600"}
     prompt = "a lighthouse on a cliff at dusk"
     first = atelier(settings_env, "imagine", prompt, "--tiny", "--seed", "5", "--json")
     assert first.returncode == 0, first.stderr
@@ -67,6 +72,7 @@ def test_imagine_makes_a_png_and_the_same_seed_gives_the_same_pixels(settings_en
     status = json.loads(atelier(settings_env, "status", "--json").stdout)
     assert status["queue_depth"] == 0
     assert [w["model"] for w in status["workers"]] == ["atelier/tiny-sd"]
+    os.kill(status["workers"][0]["pid"], signal.SIGTERM)
 
 
 def test_bad_options_exit_2_and_create_no_job(settings_env: dict[str, str]) -> None:
