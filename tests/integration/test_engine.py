@@ -125,7 +125,8 @@ async def test_engine_killed_mid_job_loses_nothing_and_runs_it_once_more(
 
     second = _engine(settings_env, "--idle-exit", "1")
     try:
-        job = await _wait_status(database, job_id, {"succeeded", "failed"})
+        # A second start of torch and the model, then the whole job again: minutes on a loaded machine.
+        job = await _wait_status(database, job_id, {"succeeded", "failed"}, timeout=240)
         assert second.wait(timeout=60) == 0
     finally:
         second.kill()
