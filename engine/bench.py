@@ -117,6 +117,11 @@ def add_bench_engine_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--engines", help="comma-separated engine process counts (e.g. 1,2,3): throughput as engines are added"
     )
+    parser.add_argument(
+        "--quality",
+        action="store_true",
+        help="also measure the preference scorer on and off and the cost of an explanation (engine/bench_quality.py)",
+    )
 
 
 @dataclass
@@ -238,12 +243,29 @@ def run_bench_engine(args: argparse.Namespace) -> int:
             options=fast_options,
         )
         report["unet_speedup"] = call_compute(compare_speedup, pipeline, fast, bench.jobs(), rounds=args.rounds)
+    if args.quality:
+        report["quality"] = call_compute(_quality, pipeline, bench, base, args, device, dtype)
     if args.json:
         print(json.dumps(report))
     else:
         for key, value in report.items():
             print(f"{key:>22}: {value}")
     return 0
+
+
+def _quality(
+    pipeline: TextToImage, bench: BenchSpec, base: EngineSettings, args: argparse.Namespace, device: Any, dtype: Any
+) -> dict[str, Any]:
+    from engine.bench_quality import quality_report, random_pickscore
+    from engine.pipelines.scorer import load_scorer
+
+    if args.random_weights:
+        scorer = random_pickscore(device, dtype)
+    else:
+        choice = "tiny" if not args.arch else base.scorer_model
+        scorer = load_scorer(choice, base.scorer_processor, base.models_dir, device=device, dtype=dtype)
+    jobs = bench.jobs()[: bench.max_batch]
+    return quality_report(pipeline, scorer, jobs, rounds=args.rounds)
 
 
 def run_bench(pipeline: TextToImage, bench: BenchSpec, settings: EngineSettings, *, rounds: int = 5) -> dict[str, Any]:

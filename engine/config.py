@@ -111,6 +111,18 @@ class EngineSettings(BaseSettings):
     unet_quantization: Literal["none", "int8-weight-only", "float8-weight-only"] = "none"
     unet_cache: Literal["none", "pyramid-attention-broadcast"] = "none"
 
+    # The preference model that scores every image (hub id or directory; "none" turns scoring off for
+    # this engine). With --tiny the offline tiny CLIP stands in. The processor defaults to the model's
+    # own, or for PickScore the CLIP-H processor it was trained with.
+    scorer_model: str = "yuvalkirstain/PickScore_v1"
+    scorer_processor: str | None = None
+
+    @property
+    def preference_scorer(self) -> str | None:
+        if self.scorer_model.lower() in ("", "none", "off"):
+            return None
+        return "tiny" if self.tiny else self.scorer_model
+
     @classmethod
     def settings_customise_sources(
         cls,

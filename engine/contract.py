@@ -31,13 +31,16 @@ class JobKind(StrEnum):
     TEXT_TO_IMAGE = "txt2img"
     IMAGE_TO_IMAGE = "img2img"
     UPSCALE = "upscale"
+    # A re-run of one finished image while recording attention; ``init_image`` names the original
+    # image to compare the re-run with, and the result's image is the heatmap grid.
+    EXPLAIN = "explain"
 
 
 IMAGE_TO_IMAGE_KINDS = frozenset({JobKind.IMAGE_TO_IMAGE, JobKind.UPSCALE})
 
 # Relative to text-to-image at the same size and steps. An upscale runs a light pass over a known
 # image; a variation is a full image-to-image pass.
-KIND_WEIGHTS = {JobKind.TEXT_TO_IMAGE: 1.0, JobKind.IMAGE_TO_IMAGE: 1.0, JobKind.UPSCALE: 0.5}
+KIND_WEIGHTS = {JobKind.TEXT_TO_IMAGE: 1.0, JobKind.IMAGE_TO_IMAGE: 1.0, JobKind.UPSCALE: 0.5, JobKind.EXPLAIN: 1.0}
 
 
 class PermanentJobError(Exception):
@@ -66,6 +69,10 @@ class JobSpec:
     scheduler: str | None = None
     strength: float | None = None
     init_image: str | None = None
+    # Candidates drawn per requested image; the preference scorer keeps the best ``count`` of them.
+    best_of: int = 1
+    # Whether the engine's preference scorer scores (and orders) this job's images: a server can opt out.
+    scoring: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -96,7 +103,9 @@ class JobSpec:
     def compute_units(self) -> float:
         """Megapixels × steps × images × kind weight: what admins budget with."""
         weight = KIND_WEIGHTS.get(self.kind, 1.0)  # type: ignore[call-overload]
-        return round(self.width * self.height / 1e6 * self.steps * self.count * weight, 4)
+        # Every candidate of a best-of job is drawn, so every one is charged.
+        images = self.count * max(1, self.best_of)
+        return round(self.width * self.height / 1e6 * self.steps * images * weight, 4)
 
 
 def image_seed(seed: int, index: int) -> int:
@@ -135,12 +144,26 @@ class GeneratedImage:
     width: int
     height: int
     nsfw_score: float | None = None
+    seed: int | None = None  # the image's own seed (a best-of job keeps candidates out of seed order)
+    score: float | None = None  # preference score from the engine's scorer; None when not scored
+    alignment: float | None = None  # CLIP similarity of the image to the member's own words
+
+    def meta(self) -> dict[str, Any]:
+        """Everything but the pixels, as JSON: what a backend carries beside the PNG."""
+        return {k: v for k, v in asdict(self).items() if k != "png"}
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any], png: bytes) -> GeneratedImage:
+        return cls(png=png, **{k: meta[k] for k in cls.__dataclass_fields__ if k in meta and k != "png"})
 
 
 @dataclass
 class JobResult:
     images: list[GeneratedImage]
     gpu_seconds: float
+    # Optional facts about the run, JSON only: "scorer" (the preference model that scored the images),
+    # "candidates" (seed and score of every candidate of a best-of job) and "explanation" (an
+    # explain job's words and whether the re-run reproduced the original).
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -35,6 +35,11 @@ def load_pipeline(settings: EngineSettings):  # type: ignore[no-untyped-def]
     options = PipelineOptions(unet_quantization=settings.unet_quantization, unet_cache=settings.unet_cache)
     pipeline = TextToImage(settings.image_model, source, device=settings.device, dtype=settings.dtype, options=options)
     _attach_taesd(pipeline, settings)
+    from engine.explain import ExplainingPipeline
+
+    # Explain jobs are answered by the recorder around the bare pipeline; the scorer and the safety
+    # classifier see the other jobs as before.
+    pipeline = with_scorer(ExplainingPipeline(pipeline), settings)
     if not settings.safety_model:
         return pipeline
     from engine.pipelines.safety import SafetyClassifier, ScoredPipeline, build_tiny_classifier
@@ -71,6 +76,32 @@ def _attach_taesd(pipeline: Any, settings: EngineSettings) -> None:
     source = resolve_taesd(settings.preview_model, pipeline.pipe, settings.models_dir, tiny=settings.tiny)
     options = PreviewOptions(every_steps=settings.preview_every_steps, max_side=settings.preview_side)
     attach_taesd(pipeline, source, previews=previews, fast_decode=settings.fast_decode, options=options)
+
+
+def with_scorer(pipeline, settings: EngineSettings):  # type: ignore[no-untyped-def]
+    """The pipeline wrapped by the configured preference scorer (on the same device), or as it is."""
+    if settings.preference_scorer is None:
+        return pipeline
+    from engine.pipelines.scorer import ScoringPipeline, load_scorer
+
+    try:
+        scorer = load_scorer(
+            settings.preference_scorer,
+            settings.scorer_processor,
+            settings.models_dir,
+            device=pipeline.device,
+            dtype=pipeline.dtype,
+        )
+    except Exception as error:
+        # Said as the scorer's fault, not the image model's, with the way to run without it.
+        log.debug("loading the scorer %s failed", settings.preference_scorer, exc_info=True)
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(
+            f"ATELIER_SCORER_MODEL: cannot load {settings.preference_scorer!r}: {reason[:300]} "
+            "(set ATELIER_SCORER_MODEL=none to run without scores)"
+        ) from None
+    log.info("scoring images with %s", scorer.name)
+    return ScoringPipeline(pipeline, scorer)
 
 
 async def serve(

@@ -262,19 +262,21 @@ class EngineWorker:
         self._settling = asyncio.create_task(self._settle_success(batch, output))
 
     async def _settle_success(self, batch: _Batch, output: BatchOutput) -> None:
-        images = sum(job.spec.count for job in batch.jobs) or 1
+        # Best-of candidates are drawn too, so they count in a job's share of the call.
+        images = sum(job.spec.count * job.spec.best_of for job in batch.jobs) or 1
         # Settled from here on: a renewal racing the completion would read it as a lost lease.
         batch.claim.settled.update(job.id for job in batch.jobs)
         finished: list[tuple[ClaimedJob, JobResult]] = []
-        for job, generated in zip(batch.jobs, output.images, strict=True):
+        extras = output.extras or [{} for _ in batch.jobs]
+        for job, generated, extra in zip(batch.jobs, output.images, extras, strict=True):
             if job.id in batch.claim.lost:
                 continue
             if job.id in batch.claim.cancelled:
                 await self.queue.fail(job, "cancelled", retryable=False)
                 continue
             # A job's share of the call follows its share of the images.
-            seconds = output.seconds * job.spec.count / images
-            finished.append((job, JobResult(images=generated, gpu_seconds=seconds)))
+            seconds = output.seconds * job.spec.count * job.spec.best_of / images
+            finished.append((job, JobResult(images=generated, gpu_seconds=seconds, extra=extra)))
         done = await self.queue.complete_many(finished) if finished else []
         for (job, result), recorded in zip(finished, done, strict=True):
             if recorded:

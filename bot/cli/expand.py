@@ -84,6 +84,7 @@ def as_dict(expansion: Expansion) -> dict[str, Any]:
         "added": expansion.added,
         "tokens": expansion.tokens,
         "ms": expansion.ms,
+        "guard": expansion.guard,
     }
 
 
@@ -95,6 +96,26 @@ def _print(value: Any, args: argparse.Namespace) -> None:
     print(json.dumps(value, ensure_ascii=False, indent=None if getattr(args, "json", False) else 2))
 
 
+def read_lines(path: str) -> tuple[list[tuple[int, str]], list[dict[str, Any]]]:
+    """The non-empty lines of a file with their numbers, and one error entry per line that is not
+    UTF-8: a bad line is reported and skipped, the rest of the file is still evaluated."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as error:
+        raise InvalidRequest(f"cannot read {path}: {error.strerror}") from None
+    lines: list[tuple[int, str]] = []
+    unreadable: list[dict[str, Any]] = []
+    for number, line in enumerate(raw.splitlines(), start=1):
+        try:
+            text = line.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            unreadable.append({"line": number, "error": "not valid UTF-8"})
+            continue
+        if text:
+            lines.append((number, text))
+    return lines, unreadable
+
+
 def run_expand(args: argparse.Namespace) -> int:
     if not args.prompt and not args.eval:
         raise InvalidRequest("give a PROMPT or --eval FILE")
@@ -103,19 +124,8 @@ def run_expand(args: argparse.Namespace) -> int:
     prompts: list[str] = []
     unreadable: list[dict[str, Any]] = []
     if args.eval:
-        try:
-            raw = Path(args.eval).read_bytes()
-        except OSError as error:
-            raise InvalidRequest(f"cannot read {args.eval}: {error.strerror}") from None
-        for number, line in enumerate(raw.splitlines(), start=1):
-            try:
-                text = line.decode("utf-8").strip()
-            except UnicodeDecodeError:
-                # One bad line is reported and skipped; the rest of the file is still evaluated.
-                unreadable.append({"line": number, "error": "not valid UTF-8"})
-                continue
-            if text:
-                prompts.append(text)
+        lines, unreadable = read_lines(args.eval)
+        prompts = [text for _, text in lines]
     service = ExpansionService(_config(args))
 
     async def expand(prompt: str) -> Expansion:

@@ -31,6 +31,12 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> Non
     p.add_argument("--style")
     p.add_argument("--raw", action="store_true", help="skip prompt expansion")
     p.add_argument("--count", type=int, default=1, help="images in this job (default 1)")
+    p.add_argument(
+        "--best-of",
+        type=int,
+        metavar="N",
+        help="draw N candidates per image and keep the best-scored (all N are charged; 1-8)",
+    )
     p.add_argument("--guild", type=int, default=0)
     p.add_argument("--user", type=int, default=0)
     p.add_argument("--json", action="store_true")
@@ -63,6 +69,7 @@ async def imagine(args: argparse.Namespace) -> int:
             style=args.style,
             raw=args.raw,
             count=args.count,
+            best_of=args.best_of,
         )
         job = await services.jobs.submit(request)
         if args.no_wait:

@@ -15,6 +15,14 @@ from discord.ext import commands
 
 from bot.errors import InvalidRequest, PolicyRefused
 from bot.services.expansion import STYLES
+from bot.texts import (
+    BEST_OF_HELP,
+    DISABLE_VARIANTS_HELP,
+    LEARN_VARIANTS_HELP,
+    PIN_VARIANT_HELP,
+    SCORING_HELP,
+    VARIANTS_UPDATED,
+)
 from bot.ui.options import style_suggestions
 from bot.ui.translator import relative_time, say
 
@@ -118,6 +126,8 @@ class AdminCog(commands.GroupCog, group_name="atelier", group_description="Confi
         max_steps="Most denoising steps a request may ask for",
         grid_size="Images per request unless a member says otherwise (1–4)",
         banned_words="Comma-separated words refused in prompts (replaces the list)",
+        best_of=BEST_OF_HELP,
+        scoring=SCORING_HELP,
     )
     @app_commands.autocomplete(style=style_suggestions)
     async def config_set(
@@ -130,6 +140,8 @@ class AdminCog(commands.GroupCog, group_name="atelier", group_description="Confi
         max_steps: app_commands.Range[int, 1, 150] | None = None,
         grid_size: app_commands.Range[int, 1, 4] | None = None,
         banned_words: app_commands.Range[str, 1, 1000] | None = None,
+        best_of: app_commands.Range[int, 1, 8] | None = None,
+        scoring: bool | None = None,
     ) -> None:
         async def action() -> str:
             if style is not None and style.strip().lower() not in STYLES:
@@ -141,6 +153,8 @@ class AdminCog(commands.GroupCog, group_name="atelier", group_description="Confi
                 "max_side": max_side,
                 "max_steps": max_steps,
                 "grid_size": grid_size,
+                "best_of": best_of,
+                "scoring": scoring,
                 "banned_words": None
                 if banned_words is None
                 else [w.strip() for w in banned_words.split(",") if w.strip()],
@@ -189,6 +203,39 @@ class AdminCog(commands.GroupCog, group_name="atelier", group_description="Confi
             return say(interaction, key, channel=channel.mention, channels=_channels(interaction, channels))
 
         await self._run(interaction, run)
+
+    @app_commands.command(name="variants", description="How the server learns which prompt expansion members like")
+    @app_commands.describe(learn=LEARN_VARIANTS_HELP, pin=PIN_VARIANT_HELP, disable=DISABLE_VARIANTS_HELP)
+    @app_commands.choices(
+        pin=[app_commands.Choice(name=name, value=name) for name in ("auto", "concise", "rich", "presets", "raw")]
+    )
+    async def variants(
+        self,
+        interaction: discord.Interaction,
+        learn: bool | None = None,
+        pin: str | None = None,
+        disable: str | None = None,
+    ) -> None:
+        async def action() -> str:
+            disabled = None
+            if disable is not None:
+                disabled = (
+                    [] if disable.strip().lower() == "none" else [v.strip() for v in disable.split(",") if v.strip()]
+                )
+            changes = await self.bot.services.bandit.configure(
+                guild_id=interaction.guild_id or 0,
+                actor_id=interaction.user.id,
+                learn=learn,
+                pin=pin,
+                disabled=disabled,
+            )
+            return (
+                VARIANTS_UPDATED.format(changes=json.dumps(changes))
+                if changes
+                else say(interaction, "admin.nothing_to_change")
+            )
+
+        await self._run(interaction, action)
 
     @app_commands.command(name="ban", description="Stop a member from using Atelier here")
     @app_commands.describe(member="Who to stop")

@@ -9,13 +9,14 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot import texts
 from bot.errors import InvalidRequest
 from bot.services.delivery import DEFAULT_UPLOAD_LIMIT
 from bot.services.inline import parse_aspect
 from bot.services.models import profile_for
 from bot.services.stats import guild_stats
 from bot.services.uploads import save_upload
-from bot.ui.messages import info_message
+from bot.ui.messages import info_message, variant_lines
 from bot.ui.options import style_suggestions
 from bot.ui.replies import request_from
 from bot.ui.translator import locale_of, say
@@ -143,6 +144,9 @@ class MemberCog(commands.Cog):
             name = say(interaction, label)
             value = "\n".join(f"{k}: {v}" for k, v in stats[key].items()) or "–"
             embed.add_field(name=name, value=value)
+        variants = await self.bot.services.bandit.report(interaction.guild_id or 0)
+        if variants["learning"]:
+            embed.add_field(name=texts.STATS_VARIANTS, value=variant_lines(variants)[:1024], inline=False)
         await interaction.followup.send(embed=embed, ephemeral=True)
 
 

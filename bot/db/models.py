@@ -51,6 +51,13 @@ class Guild(Base):
     allowed_models: Mapped[list[str]] = mapped_column(JSON, default=list)
     banned_words: Mapped[list[str]] = mapped_column(JSON, default=list)
     rating_emojis: Mapped[dict[str, int]] = mapped_column(JSON, default=dict)
+    # Quality loop: candidates drawn per requested image (all charged), whether images are scored at
+    # all, and the expansion variants admins pinned or took out of the bandit's choice.
+    best_of: Mapped[int | None] = mapped_column(Integer)
+    scoring: Mapped[bool] = mapped_column(Boolean, default=True, server_default="1")
+    learn_variants: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+    variant_pinned: Mapped[str | None] = mapped_column(String(20))
+    variants_disabled: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")
 
 
 class Member(Base):
@@ -102,6 +109,17 @@ class Job(Base):
     count: Mapped[int] = mapped_column(Integer, default=1)
     strength: Mapped[float | None] = mapped_column(Float)
     init_image: Mapped[str | None] = mapped_column(Text)
+    best_of: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    scoring: Mapped[bool] = mapped_column(Boolean, default=True, server_default="1")
+    # The expansion variant the server's bandit chose (None: the member or server chose the expansion),
+    # and which guard, if any, sent the expansion to the presets.
+    variant: Mapped[str | None] = mapped_column(String(20))
+    expansion_guard: Mapped[str | None] = mapped_column(Text)
+    # Set by the engine: the preference model that scored the images, and each candidate's seed and score.
+    scorer: Mapped[str | None] = mapped_column(String(200))
+    candidates: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    # An explain job's findings: the words with their tokens and tiles, whether the re-run reproduced.
+    explanation: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -146,6 +164,11 @@ class Image(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     # Probability of NSFW content from the optional image classifier; None when none is configured.
     nsfw_score: Mapped[float | None] = mapped_column(Float)
+    # The image's own seed (None in rows from before it was stored: the job's seed plus the index),
+    # its preference score and its CLIP similarity to the member's words.
+    seed: Mapped[int | None] = mapped_column(BigInteger)
+    score: Mapped[float | None] = mapped_column(Float)
+    alignment: Mapped[float | None] = mapped_column(Float)
     message_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
@@ -242,4 +265,6 @@ class ModerationEvent(Base):
     user_id: Mapped[int] = mapped_column(BigInteger)
     prompt: Mapped[str] = mapped_column(Text)
     reason: Mapped[str] = mapped_column(Text)
+    # Which rule refused it ("builtin", "banned_word:…", "nsfw", "channel"): admins are told, members are not.
+    rule: Mapped[str | None] = mapped_column(String(120))
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

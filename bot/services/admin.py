@@ -11,6 +11,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from bot.db.models import AuditEntry, Guild, Member, Quota, QuotaScope, Usage
 from bot.errors import InvalidRequest
+from bot.services.jobs import MAX_BEST_OF
 from bot.services.quota import QuotaService, day_of
 from engine.contract import utcnow
 from engine.queue.database import Database
@@ -32,6 +33,8 @@ CONFIG_FIELDS = (
     "banned_words",
     "rating_emojis",
     "flagged_images",
+    "best_of",
+    "scoring",
 )
 
 
@@ -174,6 +177,8 @@ class AdminService:
                 raise InvalidRequest("admin.at_least_one", name=name)
         if "grid_size" in changes and int(changes["grid_size"]) > 4:
             raise InvalidRequest("admin.grid_at_most", high=4)
+        if "best_of" in changes and not 1 <= int(changes["best_of"]) <= MAX_BEST_OF:
+            raise InvalidRequest("admin.best_of_range", high=MAX_BEST_OF)
         async with self.db.transaction() as session:
             guild = await self._guild(session, guild_id)
             for name, value in changes.items():

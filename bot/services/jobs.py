@@ -19,6 +19,7 @@ from bot import i18n
 from bot.config import Settings
 from bot.db.models import Guild, Job, Member, ModerationEvent, Usage
 from bot.errors import InvalidRequest, NotFound, PolicyRefused, Unavailable
+from bot.services.bandit import VariantBandit, expansion_options
 from bot.services.expansion import Expansion
 from bot.services.expansion.translation import UnsupportedLanguage
 from bot.services.inline import parse_aspect, parse_inline, size_for_aspect
@@ -27,7 +28,7 @@ from bot.services.models import profile_for
 from bot.services.moderation import check_prompt
 from bot.services.quota import QuotaService
 from bot.services.records import JobRecord
-from engine.contract import SEED_LIMIT, JobKind, JobQueue, JobSpec, JobStatus, QueuedJob, image_seed, utcnow
+from engine.contract import SEED_LIMIT, JobKind, JobQueue, JobSpec, JobStatus, QueuedJob, utcnow
 from engine.queue import ledger
 from engine.queue.database import Database
 
@@ -37,6 +38,7 @@ MAX_PROMPT_CHARS = 1000
 ENGINE_CHECK_SECONDS = 5.0
 MAX_COUNT = 4
 MIN_SIDE = 64
+MAX_BEST_OF = 8
 
 
 class Expander(Protocol):
@@ -49,6 +51,7 @@ class Expander(Protocol):
         raw: bool = False,
         negative: str | None = None,
         use_llm: bool = True,
+        max_details: int | None = None,
     ): ...  # returns bot.services.expansion.Expansion
 
 
@@ -76,6 +79,10 @@ class ImagineRequest:
     strength: float | None = None
     # Set for jobs derived from another (variation, upscale): the parent's model prompt, used as is.
     model_prompt: str | None = None
+    # Candidates per requested image (the scorer keeps the best); None: the server's best_of.
+    best_of: int | None = None
+    # Members with Manage Server are told which moderation rule refused a request.
+    is_admin: bool = False
 
 
 @dataclass(frozen=True)
@@ -83,6 +90,9 @@ class Resolved:
     spec: JobSpec
     style: str | None
     raw: bool
+    # Whether the member, their /settings or the server chose how to expand (raw, presets): if not,
+    # a server that learns variants lets its bandit choose.
+    expansion_chosen: bool = False
 
 
 @dataclass(frozen=True)
@@ -183,6 +193,7 @@ class JobService:
         expander: Expander,
         quota: QuotaService,
         metrics: BotMetrics | None = None,
+        bandit: VariantBandit | None = None,
     ) -> None:
         self.settings = settings
         self.db = database
@@ -190,6 +201,7 @@ class JobService:
         self.expander = expander
         self.quota = quota
         self.metrics = metrics or BotMetrics()
+        self.bandit = bandit
         self._engines_seen: dict[str, tuple[float, bool]] = {}
 
     def validate(
@@ -241,6 +253,14 @@ class JobService:
             raise InvalidRequest("errors.count_range", high=MAX_COUNT)
         if request.strength is not None and not 0.0 < request.strength <= 1.0:
             raise InvalidRequest("errors.strength_range")
+        scoring = guild.scoring if guild is not None and guild.scoring is not None else True
+        best_of = _first(request.best_of, guild.best_of if guild else None, 1)
+        if not 1 <= best_of <= MAX_BEST_OF:
+            raise InvalidRequest("errors.best_of_range", high=MAX_BEST_OF, got=best_of)
+        if best_of > 1 and not scoring:
+            raise InvalidRequest("errors.best_of_needs_scoring")
+        if request.kind != JobKind.TEXT_TO_IMAGE:
+            best_of = 1  # variations and upscales are of one chosen image
         spec = JobSpec(
             kind=request.kind,
             member_prompt=prompt,
@@ -255,25 +275,32 @@ class JobService:
             count=count,
             strength=request.strength,
             init_image=request.init_image,
+            best_of=best_of,
+            scoring=scoring,
         )
         style = request.style or inline.style or preferences.get("style") or (guild.default_style if guild else None)
         raw = request.raw or inline.raw or bool(preferences.get("raw")) or bool(guild and guild.expansion_mode == "raw")
-        return Resolved(spec, style, raw)
+        chosen = raw or "raw" in preferences or bool(guild and guild.expansion_mode)
+        return Resolved(spec, style, raw, chosen)
 
     async def _check_policy(self, request: ImagineRequest, guild: Guild | None, text: str) -> None:
         if guild is not None and guild.allowed_channels and request.channel_id not in guild.allowed_channels:
-            raise PolicyRefused("errors.channel_not_enabled")
+            raise _refusal(request, "errors.channel_not_enabled", "channel")
         nsfw_allowed = bool(guild and guild.nsfw_policy == "allow" and request.channel_nsfw)
         verdict = check_prompt(text, banned_words=guild.banned_words if guild else (), nsfw_allowed=nsfw_allowed)
         if not verdict.allowed:
             async with self.db.transaction() as session:
                 session.add(
                     ModerationEvent(
-                        guild_id=request.guild_id, user_id=request.user_id, prompt=text, reason=verdict.reason
+                        guild_id=request.guild_id,
+                        user_id=request.user_id,
+                        prompt=text,
+                        reason=verdict.reason,
+                        rule=verdict.rule,
                     )
                 )
-            log.info("refused a prompt from user %s in guild %s: %s", request.user_id, request.guild_id, verdict.reason)
-            raise PolicyRefused(verdict.key, **verdict.params)
+            log.info("refused a prompt from user %s in guild %s: %s", request.user_id, request.guild_id, verdict.rule)
+            raise _refusal(request, verdict.key, verdict.rule, **verdict.params)
 
     async def submit(self, request: ImagineRequest) -> JobRecord:
         """Validate, refuse (ban, policy, quota) before any model time is spent, expand, then reserve
@@ -291,7 +318,7 @@ class JobService:
         units = spec.compute_units
         async with self.db.sessions() as session:
             await self.quota.check(
-                session, guild, request.guild_id, request.user_id, spec.count, units, request.role_ids
+                session, guild, request.guild_id, request.user_id, spec.count * spec.best_of, units, request.role_ids
             )
         expansion = await self._expand(request, guild, resolved)
         if expansion.source != "parent":
@@ -308,7 +335,7 @@ class JobService:
                 guild_id=request.guild_id,
                 user_id=request.user_id,
                 job_id=job_id,
-                images=spec.count,
+                images=spec.count * spec.best_of,  # every candidate is drawn, so every one is charged
                 compute_units=units,
                 role_ids=request.role_ids,
             )
@@ -320,6 +347,8 @@ class JobService:
                 channel_id=request.channel_id,
                 parent_job_id=request.parent_job_id,
                 expansion_source=expansion.source,
+                expansion_guard=expansion.guard,
+                variant=expansion.variant,
                 style=expansion.style,
                 max_attempts=self.settings.max_attempts,
                 compute_units=units,
@@ -330,6 +359,49 @@ class JobService:
             to_publish = ledger.queued_of(job)
         await self._publish_or_undo(to_publish)
         log.info("queued job %s for user %s in guild %s", job_id, request.user_id, request.guild_id)
+        return record
+
+    async def explain(self, job_id: str, index: int = 0) -> JobRecord:
+        """The explanation job of one image of a finished job: queued once, then the same job for
+        everyone who asks (an image's explanation never changes), and never charged to anyone."""
+        from bot.services.explain import explain_spec
+
+        parent = await self.get(job_id)
+        if parent.kind != JobKind.TEXT_TO_IMAGE:
+            raise InvalidRequest("explain.prompt_images_only")
+        spec = replace(explain_spec(parent, index), kind=JobKind.EXPLAIN, init_image=parent.images[index].path)
+        async with self.db.transaction() as session:
+            existing = (
+                await session.execute(
+                    select(Job)
+                    .where(
+                        Job.parent_job_id == parent.id,
+                        Job.kind == JobKind.EXPLAIN,
+                        Job.seed == spec.seed,
+                        Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.SUCCEEDED]),
+                    )
+                    .limit(1)
+                )
+            ).scalar_one_or_none()
+            if existing is not None:
+                return JobRecord.of(existing)
+            job = job_row(
+                uuid.uuid4().hex,
+                spec,
+                guild_id=parent.guild_id,
+                user_id=parent.user_id,
+                channel_id=None,  # answered privately to whoever asked, never posted by the delivery loop
+                parent_job_id=parent.id,
+                expansion_source=parent.expansion_source,
+                style=parent.style,
+                max_attempts=self.settings.max_attempts,
+                compute_units=spec.compute_units,
+            )
+            session.add(job)
+            await session.flush()
+            record, to_publish = JobRecord.of(job), ledger.queued_of(job)
+        await self._publish_or_undo(to_publish)
+        log.info("queued explanation %s of job %s image %d", record.id, parent.id, index)
         return record
 
     async def _publish_or_undo(self, job: QueuedJob) -> None:
@@ -361,15 +433,23 @@ class JobService:
                 tokens=0,
                 ms=0.0,
             )
+        options: dict[str, Any] = {
+            "raw": resolved.raw,
+            # A server that chose the presets gets them even where the host runs the LLM.
+            "use_llm": not (guild and guild.expansion_mode == "presets"),
+        }
+        variant = None
+        if self.bandit is not None and not resolved.expansion_chosen and spec.kind == JobKind.TEXT_TO_IMAGE:
+            variant = await self.bandit.choose(guild, request.guild_id, spec.seed)
+            if variant is not None:
+                options.update(expansion_options(variant))
         try:
-            return await self.expander.expand(
+            expansion = await self.expander.expand(
                 spec.member_prompt,
                 style=resolved.style,
                 seed=spec.seed,
-                raw=resolved.raw,
                 negative=spec.negative_prompt or None,
-                # A server that chose the presets gets them even where the host runs the LLM.
-                use_llm=not (guild and guild.expansion_mode == "presets"),
+                **options,
             )
         except UnsupportedLanguage:
             raise InvalidRequest("errors.language_unsupported") from None
@@ -378,6 +458,7 @@ class JobService:
 
             shown = (resolved.style or "")[:50]
             raise InvalidRequest("errors.unknown_style", style=shown, styles=", ".join(sorted(STYLES))) from error
+        return replace(expansion, variant=variant) if variant else expansion
 
     async def _ensure_member(self, session, request: ImagineRequest) -> None:  # type: ignore[no-untyped-def]
         await session.execute(sqlite_insert(Guild).values(id=request.guild_id).on_conflict_do_nothing())
@@ -480,9 +561,7 @@ class JobService:
         }
         if kind == JobKind.UPSCALE:
             width, height = self.upscaled_size(parent.width, parent.height, parent.model)
-            return ImagineRequest(
-                kind=kind, width=width, height=height, seed=image_seed(parent.seed, index), count=1, **common
-            )
+            return ImagineRequest(kind=kind, width=width, height=height, seed=image.seed, count=1, **common)
         return ImagineRequest(
             kind=JobKind.IMAGE_TO_IMAGE, width=parent.width, height=parent.height, strength=0.6, **common
         )
@@ -596,6 +675,27 @@ def _read_if_present(path: Path) -> bytes | None:
 def discard_preview(images_dir: Path, job_id: str) -> None:
     """The live preview has no use once the result is out."""
     ledger.preview_path(images_dir, job_id).unlink(missing_ok=True)
+
+
+class RuleRefused(PolicyRefused):
+    """A refusal as an admin reads it: the member's explanation, then which rule refused it, to tune
+    the rules by."""
+
+    def __init__(self, key: str, /, *, rule: str, **params: Any) -> None:
+        super().__init__(key, **params)
+        self.rule = rule
+
+    def __str__(self) -> str:
+        return super().__str__() + i18n.text(i18n.DEFAULT_LOCALE, "errors.refused_rule", rule=self.rule)
+
+    def localized(self, locale: str | None) -> str:
+        return super().localized(locale) + i18n.text(locale, "errors.refused_rule", rule=self.rule)
+
+
+def _refusal(request: ImagineRequest, key: str, rule: str, **params: Any) -> PolicyRefused:
+    if request.is_admin and rule:
+        return RuleRefused(key, rule=rule, **params)
+    return PolicyRefused(key, **params)
 
 
 def job_row(job_id: str, spec: JobSpec, **fields: Any) -> Job:

@@ -33,6 +33,7 @@ class Verdict:
     allowed: bool
     key: str = ""  # the catalog key of the member's explanation
     params: dict[str, Any] = field(default_factory=dict)
+    rule: str = ""  # which rule refused it, for the server's admins: "builtin:N", "banned_word:W", "nsfw"
 
     @property
     def reason(self) -> str:
@@ -42,17 +43,17 @@ class Verdict:
 
 def check_prompt(text: str, *, banned_words: Iterable[str] = (), nsfw_allowed: bool = False) -> Verdict:
     folded = _normalise(text) + " " + text.casefold()
-    for pattern in BUILTIN_PATTERNS:
+    for number, pattern in enumerate(BUILTIN_PATTERNS, start=1):
         if re.search(pattern, folded):
-            return Verdict(False, "moderation.not_allowed")
+            return Verdict(False, "moderation.not_allowed", rule=f"builtin:{number}")
     for listed in banned_words:
         # Both sides folded: a "CRÈME" ban catches "creme", and a "CREME" ban catches "Crème".
         word = listed.strip()
         variants = {w for w in (_normalise(word), word.casefold()) if w}
         if any(re.search(rf"(?<!\w){re.escape(w)}(?!\w)", folded) for w in variants):
-            return Verdict(False, "moderation.banned_word", {"word": word[:50]})
+            return Verdict(False, "moderation.banned_word", {"word": word[:50]}, f"banned_word:{word[:50]}")
     if not nsfw_allowed:
         for pattern in NSFW_PATTERNS:
             if re.search(pattern, folded):
-                return Verdict(False, "moderation.nsfw")
+                return Verdict(False, "moderation.nsfw", rule="nsfw")
     return Verdict(True)

@@ -29,18 +29,24 @@ class ImageRecord:
     height: int
     sha256: str
     nsfw_score: float | None
+    score: float | None = None  # the engine's preference score; the grid is ordered by it
+    alignment: float | None = None  # CLIP similarity to the member's own words
 
     @classmethod
     def of(cls, image: Image, job_seed: int) -> ImageRecord:
         return cls(
             id=image.id,
             index=image.index,
-            seed=image_seed(job_seed, image.index),
+            # Stored since scoring (a best-of grid keeps candidates out of seed order); older rows
+            # were always the job's seed plus the index.
+            seed=image.seed if image.seed is not None else image_seed(job_seed, image.index),
             path=image.path,
             width=image.width,
             height=image.height,
             sha256=image.sha256,
             nsfw_score=image.nsfw_score,
+            score=image.score,
+            alignment=image.alignment,
         )
 
 
@@ -66,6 +72,15 @@ class JobRecord:
     seed: int
     count: int
     strength: float | None
+    scheduler: str | None
+    init_image: str | None
+    best_of: int
+    scoring: bool
+    scorer: str | None
+    candidates: list[dict[str, Any]] | None
+    explanation: dict[str, Any] | None
+    variant: str | None
+    expansion_guard: str | None
     attempts: int
     error: str | None
     compute_units: float
@@ -108,7 +123,20 @@ class JobRecord:
         """Everything that made the job's images and what they cost; JSON-ready but for datetimes."""
         data = asdict(self)
         data["job_id"] = data.pop("id")
-        data["images"] = [{"path": i.path, "seed": i.seed, "width": i.width, "height": i.height} for i in self.images]
+        data["images"] = [
+            {
+                "path": i.path,
+                "seed": i.seed,
+                "score": i.score,
+                "alignment": i.alignment,
+                "width": i.width,
+                "height": i.height,
+            }
+            for i in self.images
+        ]
+        for optional in ("candidates", "explanation"):
+            if not data[optional]:
+                del data[optional]  # only a best-of job has candidates, only an explain job an explanation
         data["image"] = self.images[0].path if self.images else None
         data["delivery"] = self.delivery
         return data

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from bot.db.models import Image, Job, Rating
-from engine.contract import JobStatus, utcnow
+from engine.contract import JobKind, JobStatus, utcnow
 from engine.queue.database import Database
 
 
@@ -19,7 +19,12 @@ async def guild_stats(database: Database, guild_id: int, *, days: int = 7, top: 
         per_day = (
             await session.execute(
                 select(day, func.coalesce(func.sum(Job.count), 0))
-                .where(Job.guild_id == guild_id, Job.status == JobStatus.SUCCEEDED, Job.created_at >= since)
+                .where(
+                    Job.guild_id == guild_id,
+                    Job.status == JobStatus.SUCCEEDED,
+                    Job.created_at >= since,
+                    Job.kind != JobKind.EXPLAIN,  # a re-run to explain an image is not a new image
+                )
                 .group_by(day)
                 .order_by(day)
             )

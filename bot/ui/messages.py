@@ -9,8 +9,9 @@ from typing import Any
 
 import discord
 
-from bot import i18n
+from bot import i18n, texts
 from bot.services.records import JobRecord
+from bot.texts import SCORE_FIELD, SCORES_BEST_OF, SCORES_VALUE
 
 MESSAGE_LIMIT = 2000
 
@@ -36,13 +37,24 @@ def result_embed(job: JobRecord, locale: str = i18n.DEFAULT_LOCALE) -> discord.E
     embed.add_field(
         name=t("result.size"), value=t("result.size_value", width=job.width, height=job.height, steps=job.steps)
     )
+    scores = [image.score for image in job.images if image.score is not None]
+    if scores:
+        # The grid is in score order, best first: the numbers read in the same order as the images.
+        value = SCORES_VALUE.format(scores=" · ".join(f"{s:.2f}" for s in scores), scorer=job.scorer)
+        if job.best_of > 1:
+            value += SCORES_BEST_OF.format(best_of=job.best_of)
+        embed.add_field(name=SCORE_FIELD, value=value[:1024], inline=False)
     embed.set_footer(text=t("result.footer", job_id=job.id))
     return embed
 
 
 def info_message(job: JobRecord, locale: str = i18n.DEFAULT_LOCALE) -> dict[str, Any]:
     """The job's full record: in the message while it fits Discord's 2,000 characters, else as a file."""
-    text = json.dumps(job.to_dict(), indent=1, ensure_ascii=False, default=str)
+    # Empty fields say nothing and cost characters, and the host's file paths mean nothing to a member
+    # (and tell them how the host is laid out): without them a scored grid's record fits the message.
+    record = {key: value for key, value in job.to_dict().items() if value is not None and key != "image"}
+    record["images"] = [{k: v for k, v in image.items() if v is not None and k != "path"} for image in record["images"]]
+    text = json.dumps(record, indent=1, ensure_ascii=False, default=str)
     block = f"```json\n{text}\n```"
     if len(block) <= MESSAGE_LIMIT:
         return {"content": block}
@@ -50,3 +62,57 @@ def info_message(job: JobRecord, locale: str = i18n.DEFAULT_LOCALE) -> dict[str,
         "content": i18n.text(locale, "result.record_attached", job_id=job.id),
         "file": discord.File(io.BytesIO(text.encode()), filename=f"job-{job.id}.json"),
     }
+
+
+def explain_embed(summary: dict[str, Any], words: list[dict[str, Any]] | None = None) -> discord.Embed:
+    """The private answer of 🔍: whose words, what was added and by what, which check fired, the run,
+    the score and rank; with the engine's ``words`` once its re-run is done (cut words named)."""
+    expansion = summary["expansion"]
+    embed = discord.Embed(title=texts.EXPLAIN_TITLE, colour=discord.Colour.blurple())
+    embed.add_field(name=texts.EXPLAIN_MEMBER_WORDS, value=expansion["member_prompt"][:1024], inline=False)
+    source = texts.SOURCE_NAMES.get(expansion["source"], expansion["source"])
+    added = expansion["added"] or texts.EXPLAIN_NOTHING_ADDED
+    embed.add_field(name=texts.EXPLAIN_ADDED_WORDS.format(source=source), value=added[:1024], inline=False)
+    if words:
+        cut = [w["word"] for w in words if w["cut"]]
+        if cut:
+            embed.add_field(name=texts.EXPLAIN_CUT_WORDS, value=" ".join(cut)[:1024], inline=False)
+    embed.add_field(name=texts.EXPLAIN_GUARD, value=(expansion["guard"] or texts.EXPLAIN_NO_GUARD)[:1024])
+    run = texts.EXPLAIN_RUN.format(
+        seed=summary["seed"], model=summary["model"], variant=expansion["variant"] or texts.EXPLAIN_NO_VARIANT
+    )
+    embed.add_field(name=texts.EXPLAIN_RUN_FIELD, value=run[:1024], inline=False)
+    if summary["score"] is not None:
+        score = texts.SCORE_VALUE.format(
+            score=summary["score"], scorer=summary["scorer"], rank=summary["rank"], of=summary["of"]
+        )
+    else:
+        score = texts.NOT_SCORED
+    embed.add_field(name=SCORE_FIELD, value=score[:1024], inline=False)
+    embed.set_footer(text=f"job {summary['job_id']} · image {summary['index'] + 1}")
+    return embed
+
+
+def variant_lines(report: dict[str, Any]) -> str:
+    """/stats: each expansion variant's use, mean rating and chance of being the best."""
+    lines = []
+    for arm in report["variants"]:
+        marker = (
+            texts.STATS_PINNED
+            if arm["variant"] == report["pinned"]
+            else texts.STATS_DISABLED
+            if not arm["enabled"]
+            else ""
+        )
+        mean = "–" if arm["mean_rating"] is None else f"{arm['mean_rating']:.2f}★"
+        lines.append(
+            texts.STATS_VARIANT_LINE.format(
+                marker=marker,
+                variant=arm["variant"],
+                chosen=arm["chosen"],
+                count=arm["rated"],
+                mean=mean,
+                probability=arm["probability_best"],
+            )
+        )
+    return "\n".join(lines) or texts.STATS_NO_VARIANTS

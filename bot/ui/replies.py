@@ -47,6 +47,8 @@ def member_context(interaction: discord.Interaction) -> dict[str, object]:
         "channel_nsfw": bool(getattr(channel, "nsfw", False)),
         "role_ids": roles,
         "display_name": user.display_name,
+        # Admins are told which rule refused a request (default_permissions aside, this is what they hold).
+        "is_admin": bool(interaction.permissions.manage_guild or interaction.permissions.administrator),
     }
 
 

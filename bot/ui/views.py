@@ -9,11 +9,12 @@ from typing import TYPE_CHECKING
 
 import discord
 
-from bot import i18n
+from bot import i18n, texts
 from bot.errors import AtelierError, PolicyRefused
+from bot.services.explain import provenance
 from bot.services.jobs import ImagineRequest
 from bot.services.records import JobRecord
-from bot.ui.messages import info_message
+from bot.ui.messages import explain_embed, info_message
 from bot.ui.replies import member_context, reply_refusal, request_from
 from bot.ui.translator import locale_of, say
 
@@ -23,6 +24,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 JOB_ID = r"(?P<job_id>[0-9a-f]{32})"
+# An interaction's follow-ups work for 15 minutes; the heatmaps are a few seconds of GPU once an engine
+# takes the job, and past this the member is told to try again rather than left waiting.
+EXPLAIN_WAIT_SECONDS = 300.0
 
 
 async def submit_and_track(bot: AtelierBot, interaction: discord.Interaction, request: ImagineRequest) -> None:
@@ -71,6 +75,8 @@ def result_view(job: JobRecord) -> discord.ui.View:
     view.add_item(RerollButton(job.id))
     view.add_item(EditPromptButton(job.id))
     view.add_item(InfoButton(job.id))
+    if job.status == "succeeded" and job.kind == "txt2img":
+        view.add_item(ExplainButton(job.id))
     view.add_item(DeleteButton(job.id))
     return view
 
@@ -157,6 +163,39 @@ class InfoButton(_JobButton, template=r"atelier:info:" + JOB_ID):  # type: ignor
             self.job_id, guild_id=interaction.guild_id, user_id=interaction.user.id
         )
         await interaction.response.send_message(**info_message(job, locale_of(interaction)), ephemeral=True)
+
+
+class ExplainButton(_JobButton, template=r"atelier:explain:" + JOB_ID):  # type: ignore[call-arg]
+    """🔍: why the grid's best image looks as it does, privately to whoever asks. The words and the run
+    come at once; the heatmaps follow when an engine has re-run the image (once per image, shared)."""
+
+    action = "explain"
+    emoji = "🔍"
+
+    async def run(self, interaction: discord.Interaction) -> None:
+        # Private from the first byte: a public "thinking…" would turn the answer into a public edit.
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        bot: AtelierBot = interaction.client  # type: ignore[assignment]
+        job = await self.load_job(interaction)
+        summary = provenance(job, 0)
+        explanation = await bot.services.jobs.explain(job.id, 0)
+        await interaction.followup.send(embed=explain_embed(summary), content=texts.EXPLAIN_WORKING, ephemeral=True)
+        try:
+            done = await bot.services.jobs.wait(explanation.id, timeout=EXPLAIN_WAIT_SECONDS)
+        except TimeoutError:
+            await interaction.followup.send(texts.EXPLAIN_TIMED_OUT, ephemeral=True)
+            return
+        if done.status != "succeeded" or not done.images:
+            reason = (done.error or done.status)[:200]
+            await interaction.followup.send(texts.EXPLAIN_FAILED.format(reason=reason), ephemeral=True)
+            return
+        words = (done.explanation or {}).get("words", [])
+        await interaction.followup.send(
+            content=texts.EXPLAIN_HEATMAP_NOTE,
+            embed=explain_embed(summary, words),
+            file=discord.File(done.images[0].path, filename=f"explain-{job.id}.png"),
+            ephemeral=True,
+        )
 
 
 class CancelButton(_JobButton, template=r"atelier:cancel:" + JOB_ID):  # type: ignore[call-arg]
@@ -286,4 +325,5 @@ DYNAMIC_ITEMS = (
     VariationButton,
     EditPromptButton,
     DeleteButton,
+    ExplainButton,
 )

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
+    JSON,
     BigInteger,
     Boolean,
     ColumnElement,
@@ -61,6 +62,11 @@ jobs = table(
     column("count", Integer),
     column("strength", Float),
     column("init_image", String),
+    column("best_of", Integer),
+    column("scoring", Boolean),
+    column("scorer", String),
+    column("candidates", JSON),
+    column("explanation", JSON),
     column("status", String),
     column("attempts", Integer),
     column("max_attempts", Integer),
@@ -85,6 +91,9 @@ images = table(
     column("size_bytes", Integer),
     column("sha256", String),
     column("nsfw_score", Float),
+    column("seed", BigInteger),
+    column("score", Float),
+    column("alignment", Float),
     column("created_at", DateTime),
 )
 usage = table(
@@ -215,6 +224,15 @@ async def record_successes(session: AsyncSession, successes: list[Success]) -> l
     if recorded:
         now = utcnow()
         costs = [{"b_id": s.job_id, "b_gpu_seconds": s.result.gpu_seconds, "b_attempt": s.attempt} for s in recorded]
+        outcomes = [
+            {
+                **cost,
+                "b_scorer": s.result.extra.get("scorer"),
+                "b_candidates": s.result.extra.get("candidates"),
+                "b_explanation": s.result.extra.get("explanation"),
+            }
+            for s, cost in zip(recorded, costs, strict=True)
+        ]
         await session.execute(
             jobs.update()
             .where(jobs.c.id == bindparam("b_id"))
@@ -228,8 +246,11 @@ async def record_successes(session: AsyncSession, successes: list[Success]) -> l
                 # (a Redis result event may be applied before the start event of the same attempt).
                 attempts=_at_least(bindparam("b_attempt")),
                 error=None,
+                scorer=bindparam("b_scorer"),
+                candidates=bindparam("b_candidates", type_=JSON),
+                explanation=bindparam("b_explanation", type_=JSON),
             ),
-            costs,
+            outcomes,
         )
         # A job run twice (a lost lease) overwrote its files; its rows are replaced the same way.
         await session.execute(delete(images).where(images.c.job_id.in_([s.job_id for s in recorded])))
@@ -243,6 +264,9 @@ async def record_successes(session: AsyncSession, successes: list[Success]) -> l
                 "size_bytes": len(image.png),
                 "sha256": hashlib.sha256(image.png).hexdigest(),
                 "nsfw_score": image.nsfw_score,
+                "seed": image.seed,
+                "score": image.score,
+                "alignment": image.alignment,
                 "created_at": now,
             }
             for s in recorded

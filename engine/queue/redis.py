@@ -366,10 +366,7 @@ class RedisQueue:
                 log.info("job %s has ended or is gone; its result is dropped", job_id)
                 return
             meta = json.loads(_text(fields["meta"]))
-            images = [
-                GeneratedImage(m["index"], fields[f"png:{m['index']}"], m["width"], m["height"], m.get("nsfw_score"))
-                for m in meta["images"]
-            ]
+            images = [GeneratedImage.from_meta(m, fields[f"png:{m['index']}"]) for m in meta["images"]]
             result = JobResult(images, meta["gpu_seconds"], meta.get("extra", {}))
             paths = await asyncio.to_thread(ledger.write_images, self.settings.images_dir, job_id, images)
             async with database.transaction() as session:
@@ -483,10 +480,7 @@ class RedisQueue:
         meta = {
             "gpu_seconds": result.gpu_seconds,
             "extra": result.extra,
-            "images": [
-                {"index": i.index, "width": i.width, "height": i.height, "nsfw_score": i.nsfw_score}
-                for i in result.images
-            ],
+            "images": [image.meta() for image in result.images],
         }
         fields: list[Any] = ["event", "succeeded", "job_id", job.id, "attempt", job.attempt, "meta", json.dumps(meta)]
         for image in result.images:

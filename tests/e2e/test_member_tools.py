@@ -8,6 +8,7 @@ import numpy as np
 from PIL import Image
 from sqlalchemy import func, select
 
+from bot.db.models import Image as Image_
 from bot.db.models import Job
 from tests.e2e.conftest import Harness
 from tests.simulator import MessageState
@@ -91,7 +92,12 @@ async def test_restyle_variation_and_upscale_run_image_to_image(running: Harness
 
     jobs = await _jobs(running)
     parent, up, var = jobs[1], jobs[2], jobs[3]
-    assert (up.kind, up.width, up.height, up.seed, up.count) == ("upscale", 128, 128, parent.seed + 1, 1)
+    # The grid is in score order: image 2 has the seed it was drawn with, not necessarily the job's seed + 1.
+    async with running.services.db.sessions() as session:  # type: ignore[union-attr]
+        second = (
+            await session.execute(select(Image_.seed).where(Image_.job_id == parent.id, Image_.index == 1))
+        ).scalar_one()
+    assert (up.kind, up.width, up.height, up.seed, up.count) == ("upscale", 128, 128, second, 1)
     assert up.model_prompt == parent.model_prompt and up.parent_job_id == parent.id
     assert (var.kind, var.count, var.parent_job_id) == ("img2img", parent.count, parent.id)
     with Image.open(io.BytesIO(upscaled.attachments[0].data)) as image:

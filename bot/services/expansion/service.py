@@ -32,7 +32,7 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from bot.services.expansion.guards import (
@@ -82,6 +82,11 @@ class Expansion:
     added: str  # what was appended after the member's words
     tokens: int  # text-encoder tokens of `model_prompt`, start and end included
     ms: float
+    # Why the presets stood in for the LLM (the check its reply failed, or that it could not load);
+    # None when nothing had to stand in.
+    guard: str | None = None
+    # The server's bandit's choice of expansion variant, when it made one.
+    variant: str | None = None
 
 
 @dataclass
@@ -179,14 +184,16 @@ class ExpansionService:
         raw: bool = False,
         negative: str | None = None,
         use_llm: bool = True,
+        max_details: int | None = None,
     ) -> Expansion:
         """``use_llm=False`` asks for the presets where the host runs the LLM (a server's choice); the
-        LLM is never used where the host has not configured it."""
+        LLM is never used where the host has not configured it. ``max_details`` keeps the expansion
+        short (the "concise" variant): the style's phrase and at most that many details."""
         started = time.perf_counter()
         raw = raw or self.config.mode == "raw"
         preset = None if raw else find_style(style or None)  # unknown styles fail before any work
         with_llm = self.config.mode == "llm" and use_llm
-        key = (prompt, preset.name if preset else None, self.config.model, with_llm, seed, raw, negative)
+        key = (prompt, preset.name if preset else None, self.config.model, with_llm, seed, raw, negative, max_details)
         cached = self._cache.get(key)
         if cached is not None:
             self._cache.move_to_end(key)
@@ -195,9 +202,9 @@ class ExpansionService:
         if preset is None:
             result = self._raw(prompt, negative, started)
         elif with_llm:
-            result = await self._with_llm(prompt, preset, seed, negative, started)
+            result = await self._with_llm(prompt, preset, seed, negative, started, max_details)
         else:
-            result = await self._presets(prompt, preset, seed, negative, started)
+            result = await self._presets(prompt, preset, seed, negative, started, max_details)
         self.counters[result.source] += 1
         self._cache[key] = result
         if len(self._cache) > self.config.cache_size:
@@ -223,8 +230,18 @@ class ExpansionService:
     # ------------------------------------------------------------------ the three sources
 
     def _finish(
-        self, prompt: str, front: str, details: list[str], negative: str, source: str, style: str | None, started: float
+        self,
+        prompt: str,
+        front: str,
+        details: list[str],
+        negative: str,
+        source: str,
+        style: str | None,
+        started: float,
+        max_details: int | None = None,
     ) -> Expansion:
+        if max_details is not None:
+            details = details[: max_details + 1]  # the style's phrase comes first and always stays
         expanded, used = fit_to_window(front, details, self._count_tokens, self.config.max_prompt_tokens)
         return Expansion(
             member_prompt=prompt,
@@ -251,12 +268,18 @@ class ExpansionService:
         )
 
     async def _presets(
-        self, prompt: str, preset: StylePreset, seed: int, negative: str | None, started: float
+        self,
+        prompt: str,
+        preset: StylePreset,
+        seed: int,
+        negative: str | None,
+        started: float,
+        max_details: int | None = None,
     ) -> Expansion:
         """The curated presets, after an English rendering where the request is in another script and the
         host translates (UnsupportedLanguage where it refuses them)."""
         english = await self.translator.english(prompt)
-        return self._deterministic(prompt, preset, seed, negative, started, front=english)
+        return self._deterministic(prompt, preset, seed, negative, started, front=english, max_details=max_details)
 
     def _deterministic(
         self,
@@ -267,25 +290,34 @@ class ExpansionService:
         started: float,
         *,
         front: str | None = None,
+        max_details: int | None = None,
     ) -> Expansion:
         front = front or prompt.strip()
         details = preset_details(front, preset, seed)
-        return self._finish(
-            prompt, front, details, merge_negative(preset.negative, negative), "fallback", preset.name, started
-        )
+        negative_prompt = merge_negative(preset.negative, negative)
+        return self._finish(prompt, front, details, negative_prompt, "fallback", preset.name, started, max_details)
 
     async def _with_llm(
-        self, prompt: str, preset: StylePreset, seed: int, negative: str | None, started: float
+        self,
+        prompt: str,
+        preset: StylePreset,
+        seed: int,
+        negative: str | None,
+        started: float,
+        max_details: int | None = None,
     ) -> Expansion:
         needs_rendering = not is_english_like(prompt)
         conversation = self.conversation(prompt, preset, needs_rendering=needs_rendering)
+        guard = None
         for attempt, attempt_seed in enumerate((seed, (seed + _SECOND_SEED_OFFSET) % 2**63), start=1):
             try:
                 reply = await self._generate(conversation, attempt_seed)
             except LLMUnavailable:
+                guard = "the language model is unavailable"
                 break
             except Exception:
                 log.exception("the expansion LLM failed; using the presets")
+                guard = "the language model failed"
                 break
             front, details, reason = self.parse_reply(reply, prompt, needs_rendering=needs_rendering)
             if reason is None:
@@ -294,11 +326,19 @@ class ExpansionService:
                 # left to the model's taste, and never the first thing the window cuts.
                 merged = [anchor, *(d for d in details if d.lower() != anchor.lower())]
                 return self._finish(
-                    prompt, front, merged, merge_negative(preset.negative, negative), "llm", preset.name, started
+                    prompt,
+                    front,
+                    merged,
+                    merge_negative(preset.negative, negative),
+                    "llm",
+                    preset.name,
+                    started,
+                    max_details,
                 )
             self.counters[f"rejected: {reason.split(':')[0]}"] += 1
+            guard = reason
             log.debug("expansion reply rejected on attempt %d (%s): %r", attempt, reason, reply[:200])
-        return await self._presets(prompt, preset, seed, negative, started)
+        return replace(await self._presets(prompt, preset, seed, negative, started, max_details), guard=guard)
 
     # ------------------------------------------------------------------ the conversation and its checks
 
