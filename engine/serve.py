@@ -35,6 +35,10 @@ def load_pipeline(settings: EngineSettings):  # type: ignore[no-untyped-def]
     options = PipelineOptions(unet_quantization=settings.unet_quantization, unet_cache=settings.unet_cache)
     pipeline = TextToImage(settings.image_model, source, device=settings.device, dtype=settings.dtype, options=options)
     _attach_taesd(pipeline, settings)
+    from engine.pipelines.tasks import ImageTasks, task_models
+
+    # Edits, repairs and descriptions go through the same worker; their models load on first use.
+    pipeline = ImageTasks(pipeline, task_models(settings))
     if not settings.safety_model:
         return pipeline
     from engine.pipelines.safety import SafetyClassifier, ScoredPipeline, build_tiny_classifier

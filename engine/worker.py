@@ -266,7 +266,8 @@ class EngineWorker:
         # Settled from here on: a renewal racing the completion would read it as a lost lease.
         batch.claim.settled.update(job.id for job in batch.jobs)
         finished: list[tuple[ClaimedJob, JobResult]] = []
-        for job, generated in zip(batch.jobs, output.images, strict=True):
+        extras = output.extras or [{} for _ in batch.jobs]
+        for job, generated, extra in zip(batch.jobs, output.images, extras, strict=True):
             if job.id in batch.claim.lost:
                 continue
             if job.id in batch.claim.cancelled:
@@ -274,7 +275,7 @@ class EngineWorker:
                 continue
             # A job's share of the call follows its share of the images.
             seconds = output.seconds * job.spec.count / images
-            finished.append((job, JobResult(images=generated, gpu_seconds=seconds)))
+            finished.append((job, JobResult(images=generated, gpu_seconds=seconds, extra=extra)))
         done = await self.queue.complete_many(finished) if finished else []
         for (job, result), recorded in zip(finished, done, strict=True):
             if recorded:

@@ -66,6 +66,8 @@ class JobRecord:
     seed: int
     count: int
     strength: float | None
+    plan: dict[str, Any] | None
+    outcome: dict[str, Any] | None
     attempts: int
     error: str | None
     compute_units: float

@@ -6,7 +6,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from engine.contract import IMAGE_TO_IMAGE_KINDS, GeneratedImage, JobSpec, PermanentJobError
@@ -41,6 +41,8 @@ def _bad_arguments_are_permanent() -> Iterator[None]:
 class BatchOutput:
     images: list[list[GeneratedImage]]  # per job, in the order the jobs were given
     seconds: float
+    # Per job, when the kind makes more than images (a caption, a mask): JobResult.extra.
+    extras: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ quota back, and applying the same outcome twice changes nothing.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 import uuid
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
+    JSON,
     BigInteger,
     Boolean,
     ColumnElement,
@@ -61,6 +63,7 @@ jobs = table(
     column("count", Integer),
     column("strength", Float),
     column("init_image", String),
+    column("plan", JSON),
     column("status", String),
     column("attempts", Integer),
     column("max_attempts", Integer),
@@ -74,6 +77,7 @@ jobs = table(
     column("started_at", DateTime),
     column("finished_at", DateTime),
     column("gpu_seconds", Float),
+    column("outcome", JSON),
 )
 images = table(
     "images",
@@ -168,6 +172,28 @@ def stage_images(images_dir: Path, job_id: str, generated: list[GeneratedImage])
     return StagedImages(staged, final)
 
 
+# Result files other than the images travel inside ``JobResult.extra`` as base64 under these keys (the
+# same through SQLite and Redis) and are written beside the job's images once its result is recorded;
+# the stored outcome names their paths instead: {"mask_png": …} becomes {"mask": "…/JOB-mask.png"}.
+EXTRA_FILE_SUFFIX = "_png"
+
+
+def outcome_of(success: Success) -> dict[str, Any]:
+    """The result's extra data as stored, its files written next to the first image."""
+    outcome: dict[str, Any] = {}
+    for key, value in success.result.extra.items():
+        if key.endswith(EXTRA_FILE_SUFFIX) and isinstance(value, str):
+            name = key.removesuffix(EXTRA_FILE_SUFFIX)
+            if not success.paths:
+                continue
+            path = success.paths[0].with_name(f"{success.job_id}-{name}.png")
+            write_atomically(path, base64.b64decode(value))
+            outcome[name] = str(path)
+        else:
+            outcome[key] = value
+    return outcome
+
+
 def write_images(images_dir: Path, job_id: str, generated: list[GeneratedImage]) -> list[Path]:
     paths = []
     for image in generated:
@@ -215,6 +241,7 @@ async def record_successes(session: AsyncSession, successes: list[Success]) -> l
     if recorded:
         now = utcnow()
         costs = [{"b_id": s.job_id, "b_gpu_seconds": s.result.gpu_seconds, "b_attempt": s.attempt} for s in recorded]
+        outcomes = [{**cost, "b_outcome": outcome_of(s) or None} for cost, s in zip(costs, recorded, strict=True)]
         await session.execute(
             jobs.update()
             .where(jobs.c.id == bindparam("b_id"))
@@ -228,8 +255,9 @@ async def record_successes(session: AsyncSession, successes: list[Success]) -> l
                 # (a Redis result event may be applied before the start event of the same attempt).
                 attempts=_at_least(bindparam("b_attempt")),
                 error=None,
+                outcome=bindparam("b_outcome"),
             ),
-            costs,
+            outcomes,
         )
         # A job run twice (a lost lease) overwrote its files; its rows are replaced the same way.
         await session.execute(delete(images).where(images.c.job_id.in_([s.job_id for s in recorded])))
