@@ -12,6 +12,7 @@ from typing import Any
 
 from bot.config import Settings
 from bot.services.admin import AdminService
+from bot.services.edits import EditService
 from bot.services.jobs import Expander, JobService
 from bot.services.metrics import BotMetrics
 from bot.services.quota import QuotaService
@@ -71,6 +72,7 @@ class Services:
     admin: AdminService
     ratings: RatingService
     metrics: BotMetrics
+    edits: EditService
 
     @classmethod
     def create(cls, settings: Settings, *, expander: Expander | None = None) -> Services:
@@ -81,7 +83,18 @@ class Services:
         quota = QuotaService(settings.default_images_per_day)
         metrics = BotMetrics()
         jobs = JobService(settings, db, queue, expander, quota, metrics)
-        return cls(settings, db, queue, expander, quota, jobs, AdminService(db, quota), RatingService(db), metrics)
+        return cls(
+            settings,
+            db,
+            queue,
+            expander,
+            quota,
+            jobs,
+            AdminService(db, quota),
+            RatingService(db),
+            metrics,
+            EditService(settings, db, jobs),
+        )
 
     async def close(self) -> None:
         close = getattr(self.expander, "aclose", None)

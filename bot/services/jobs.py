@@ -27,7 +27,17 @@ from bot.services.models import profile_for
 from bot.services.moderation import check_prompt
 from bot.services.quota import QuotaService
 from bot.services.records import JobRecord
-from engine.contract import SEED_LIMIT, JobKind, JobQueue, JobSpec, JobStatus, QueuedJob, image_seed, utcnow
+from engine.contract import (
+    EDIT_KINDS,
+    SEED_LIMIT,
+    JobKind,
+    JobQueue,
+    JobSpec,
+    JobStatus,
+    QueuedJob,
+    image_seed,
+    utcnow,
+)
 from engine.queue import ledger
 from engine.queue.database import Database
 
@@ -76,6 +86,10 @@ class ImagineRequest:
     strength: float | None = None
     # Set for jobs derived from another (variation, upscale): the parent's model prompt, used as is.
     model_prompt: str | None = None
+    # Edits, repairs and descriptions: their plan, guidance and where their model prompt came from.
+    plan: dict[str, Any] | None = None
+    guidance: float | None = None
+    expansion_source: str | None = None
 
 
 @dataclass(frozen=True)
@@ -228,6 +242,10 @@ class JobService:
             if value % profile.multiple:
                 raise InvalidRequest(f"errors.{name}_multiple", multiple=profile.multiple, got=value)
         max_steps = limits.max_steps
+        if request.kind in EDIT_KINDS or request.kind == JobKind.DESCRIBE:
+            # Edits and descriptions run other models than the image model, with their own step counts.
+            guild_max_steps = guild.max_steps if guild and guild.max_steps else self.settings.max_steps
+            max_steps = min(self.settings.max_steps, guild_max_steps)
         steps = _first(request.steps, inline.steps, limits.default_steps)
         if not 1 <= steps <= max_steps:
             raise InvalidRequest("errors.steps_range", high=max_steps, got=steps)
@@ -250,11 +268,12 @@ class JobService:
             width=width,
             height=height,
             steps=steps,
-            guidance=profile.guidance,
+            guidance=request.guidance if request.guidance is not None else profile.guidance,
             seed=seed if seed is not None else secrets.randbelow(SEED_LIMIT),
             count=count,
             strength=request.strength,
             init_image=request.init_image,
+            plan=request.plan,
         )
         style = request.style or inline.style or preferences.get("style") or (guild.default_style if guild else None)
         raw = request.raw or inline.raw or bool(preferences.get("raw")) or bool(guild and guild.expansion_mode == "raw")
@@ -275,9 +294,9 @@ class JobService:
             log.info("refused a prompt from user %s in guild %s: %s", request.user_id, request.guild_id, verdict.reason)
             raise PolicyRefused(verdict.key, **verdict.params)
 
-    async def submit(self, request: ImagineRequest) -> JobRecord:
-        """Validate, refuse (ban, policy, quota) before any model time is spent, expand, then reserve
-        quota and enqueue in one transaction."""
+    async def screen(self, request: ImagineRequest) -> tuple[Guild | None, Resolved]:
+        """Everything that can refuse a request before any model time is spent on it (a ban, a bad
+        option, moderation, the quota), writing nothing but a refused prompt's moderation event."""
         async with self.db.sessions() as session:
             # The guild is read once per request: the checks below and the reservation all use this copy.
             guild = await session.get(Guild, request.guild_id)
@@ -288,11 +307,24 @@ class JobService:
         resolved = self.validate(request, guild, preferences)
         spec = resolved.spec
         await self._check_policy(request, guild, spec.member_prompt)
-        units = spec.compute_units
         async with self.db.sessions() as session:
             await self.quota.check(
-                session, guild, request.guild_id, request.user_id, spec.count, units, request.role_ids
+                session, guild, request.guild_id, request.user_id, spec.count, spec.compute_units, request.role_ids
             )
+        return guild, resolved
+
+    async def check_text(self, request: ImagineRequest, text: str) -> None:
+        """Moderation of text that is not the member's own words (a caption): the same rules as a prompt."""
+        async with self.db.sessions() as session:
+            guild = await session.get(Guild, request.guild_id)
+        await self._check_policy(request, guild, text)
+
+    async def submit(self, request: ImagineRequest) -> JobRecord:
+        """Validate, refuse (ban, policy, quota) before any model time is spent, expand, then reserve
+        quota and enqueue in one transaction."""
+        guild, resolved = await self.screen(request)
+        spec = resolved.spec
+        units = spec.compute_units
         expansion = await self._expand(request, guild, resolved)
         if expansion.source != "parent":
             self.metrics.expanded(expansion.source, expansion.ms)
@@ -355,7 +387,7 @@ class JobService:
                 member_prompt=spec.member_prompt,
                 model_prompt=request.model_prompt,
                 negative=spec.negative_prompt,
-                source="parent",
+                source=request.expansion_source or "parent",
                 style=resolved.style,
                 added="",
                 tokens=0,
