@@ -74,7 +74,8 @@ class EditPlan(BaseModel):
         value = " ".join(value.split())
         if not _PHRASE.match(value):
             raise ValueError("the target must be a short phrase of plain words")
-        if value.lower() in WHOLE_PICTURE:
+        lowered = value.lower()
+        if any(lowered == whole or lowered.startswith(f"{whole} ") for whole in WHOLE_PICTURE):
             raise ValueError("the target is the whole picture: that is an instruction edit")
         return value
 
@@ -141,7 +142,7 @@ _PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
         ("replace", r"^(?:replace|swap)\s+(?P<target>.+?)\s+(?:with|for|by)\s+(?P<replacement>.+)$"),
         (
             "recolor",
-            rf"^(?:make|paint|colou?r|recolou?r|turn|change)\s+(?P<target>.+?)\s+(?:to\s+)?(?P<replacement>{COLOURS})$",
+            rf"^(?:make|paint|colou?r|recolou?r|turn|change)\s+(?P<target>.+?)\s+(?:to\s+)?(?P<replacement>(?:(?:dark|light|bright|pale|deep)\s+)?(?:{COLOURS}))$",
         ),
         ("replace", r"^(?:turn|change|transform|convert|make)\s+(?P<target>.+?)\s+(?:into|to)\s+(?P<replacement>.+)$"),
         (
