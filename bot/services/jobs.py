@@ -439,6 +439,25 @@ class JobService:
             raise NotFound("errors.no_job", job_id=job_id[:40])
         return job
 
+    async def lineage(self, job_id: str, *, limit: int = 20) -> list[dict[str, Any]]:
+        """The jobs a job was made from, nearest first (an edit of an edit of an image): each one's id,
+        kind, the member's words, and an edit's mode and plan."""
+        chain: list[dict[str, Any]] = []
+        async with self.db.sessions() as session:
+            job = await session.get(Job, job_id)
+            seen = {job_id}
+            while job is not None and job.parent_job_id and len(chain) < limit:
+                parent = await session.get(Job, job.parent_job_id)
+                if parent is None or parent.id in seen:
+                    break
+                seen.add(parent.id)
+                entry: dict[str, Any] = {"job_id": parent.id, "kind": parent.kind, "member_prompt": parent.member_prompt}
+                if parent.plan:
+                    entry.update(mode=parent.plan.get("mode"), plan=parent.plan)
+                chain.append(entry)
+                job = parent
+        return chain
+
     async def wait(self, job_id: str, *, timeout: float | None = None, poll_seconds: float = 0.1) -> JobRecord:
         """Poll until the job ends. Polling a WAL database is cheap and needs no extra channel."""
         async with asyncio.timeout(timeout):

@@ -66,6 +66,7 @@ class JobRecord:
     seed: int
     count: int
     strength: float | None
+    init_image: str | None
     plan: dict[str, Any] | None
     outcome: dict[str, Any] | None
     attempts: int

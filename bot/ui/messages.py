@@ -31,6 +31,10 @@ def result_embed(job: JobRecord, locale: str = i18n.DEFAULT_LOCALE) -> discord.E
         embed.add_field(name=name[:256], value=job.model_prompt[:1024], inline=False)
     if job.negative_prompt:
         embed.add_field(name=t("result.negative"), value=job.negative_prompt[:1024], inline=False)
+    if job.plan:
+        plan = job.plan
+        done = f"{plan.get('action')} “{plan.get('target')}”" if plan.get("mode") == "repair" else "whole picture"
+        embed.add_field(name="Edit", value=done[:1024], inline=False)
     embed.add_field(name=t("result.seed"), value=str(job.seed))
     embed.add_field(name=t("result.model"), value=job.model)
     embed.add_field(
@@ -40,9 +44,15 @@ def result_embed(job: JobRecord, locale: str = i18n.DEFAULT_LOCALE) -> discord.E
     return embed
 
 
-def info_message(job: JobRecord, locale: str = i18n.DEFAULT_LOCALE) -> dict[str, Any]:
-    """The job's full record: in the message while it fits Discord's 2,000 characters, else as a file."""
-    text = json.dumps(job.to_dict(), indent=1, ensure_ascii=False, default=str)
+def info_message(
+    job: JobRecord, locale: str = i18n.DEFAULT_LOCALE, lineage: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """The job's full record: in the message while it fits Discord's 2,000 characters, else as a file.
+    An edit's record adds its lineage: the jobs it was made from, nearest first."""
+    record = job.to_dict()
+    if lineage:
+        record["lineage"] = lineage
+    text = json.dumps(record, indent=1, ensure_ascii=False, default=str)
     block = f"```json\n{text}\n```"
     if len(block) <= MESSAGE_LIMIT:
         return {"content": block}

@@ -96,13 +96,6 @@ def composite(source: Image.Image, generated: Image.Image, mask: Image.Image) ->
     return Image.composite(generated.convert("RGB"), source.convert("RGB"), mask.convert("L"))
 
 
-def overlay(source: Image.Image, mask: Image.Image, *, colour: tuple[int, int, int] = (255, 64, 160)) -> Image.Image:
-    """The source with the mask tinted over it: what the member is shown beside the result."""
-    tint = Image.new("RGB", source.size, colour)
-    weight = mask.convert("L").point(lambda value: value * 6 // 10)
-    return Image.composite(tint, source.convert("RGB"), weight)
-
-
 class TextMasker:
     """CLIPSeg (transformers ``CLIPSegForImageSegmentation``): where in an image a phrase is."""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from engine.pipelines.masks import MaskSettings, composite, dilate, overlay, post_process
+from engine.pipelines.masks import MaskSettings, composite, dilate, post_process
 
 
 def _blob(size: int = 64, box: tuple[int, int, int, int] = (20, 24, 36, 40)) -> np.ndarray:
@@ -75,10 +75,17 @@ def test_compositing_keeps_every_source_pixel_outside_the_mask() -> None:
     assert resized.size == source.size
 
 
-def test_the_overlay_tints_only_the_masked_region() -> None:
-    source = Image.new("RGB", (32, 32), (10, 20, 30))
-    mask = Image.new("L", (32, 32), 0)
-    mask.paste(255, (8, 8, 16, 16))
-    tinted = np.asarray(overlay(source, mask)).astype(int)
-    assert tuple(tinted[0, 0]) == (10, 20, 30)
-    assert tinted[10, 10, 0] > 100
+def test_the_mask_preview_tints_only_the_repaired_region(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import io
+
+    from bot.services.delivery import mask_overlay
+
+    Image.new("RGB", (64, 32), (10, 20, 30)).save(tmp_path / "source.png")
+    mask = Image.new("L", (64, 32), 0)
+    mask.paste(255, (8, 8, 24, 24))
+    mask.save(tmp_path / "mask.png")
+    with Image.open(io.BytesIO(mask_overlay(str(tmp_path / "source.png"), str(tmp_path / "mask.png"), side=32))) as preview:
+        assert preview.size == (32, 16)  # a small picture, the source's shape
+        pixels = np.asarray(preview.convert("RGB")).astype(int)
+    assert tuple(pixels[0, 0]) == (10, 20, 30)
+    assert pixels[8, 8, 0] > 100
