@@ -451,7 +451,11 @@ class JobService:
                 if parent is None or parent.id in seen:
                     break
                 seen.add(parent.id)
-                entry: dict[str, Any] = {"job_id": parent.id, "kind": parent.kind, "member_prompt": parent.member_prompt}
+                entry: dict[str, Any] = {
+                    "job_id": parent.id,
+                    "kind": parent.kind,
+                    "member_prompt": parent.member_prompt,
+                }
                 if parent.plan:
                     entry.update(mode=parent.plan.get("mode"), plan=parent.plan)
                 chain.append(entry)

@@ -43,9 +43,7 @@ def image_of(message: discord.Message) -> discord.Attachment:
     raise InvalidRequest(text("no_image"))
 
 
-async def source_from(
-    bot: AtelierBot, interaction: discord.Interaction, attachment: discord.Attachment
-) -> SourceImage:
+async def source_from(bot: AtelierBot, interaction: discord.Interaction, attachment: discord.Attachment) -> SourceImage:
     """Download and check an attachment (format, pixels, decompression bombs, EXIF orientation) and
     store it as the job's source."""
     check_attachment(interaction, attachment)

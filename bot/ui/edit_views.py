@@ -58,7 +58,9 @@ async def submit_describe(bot: AtelierBot, interaction: discord.Interaction, sou
 class EditImageModal(discord.ui.Modal):
     """Asks for the instruction (and, on a grid, which image), then edits that image."""
 
-    def __init__(self, custom_id: str, load_source: Callable[[discord.Interaction, int], Awaitable[SourceImage]], count: int = 1) -> None:
+    def __init__(
+        self, custom_id: str, load_source: Callable[[discord.Interaction, int], Awaitable[SourceImage]], count: int = 1
+    ) -> None:
         super().__init__(title=text("modal_title"), custom_id=custom_id)
         self.load_source = load_source
         self.count = count

@@ -316,11 +316,17 @@ class MemberState:
         return await self.sim.dispatch_message_command(self, name, message)
 
     async def post(
-        self, channel: ChannelState, content: str = "", *, files: list[tuple[str, bytes, str]] = ()  # type: ignore[assignment]
+        self,
+        channel: ChannelState,
+        content: str = "",
+        *,
+        files: list[tuple[str, bytes, str]] = (),  # type: ignore[assignment]
     ) -> MessageState:
         """A message this member sends, with attachments given as (filename, data, content type)."""
         attachments = [Attachment(snowflake(), name, data, kind) for name, data, kind in files]
-        message = MessageState(snowflake(), channel.id, channel.guild_id, self.user_dict(), content, attachments=attachments)
+        message = MessageState(
+            snowflake(), channel.id, channel.guild_id, self.user_dict(), content, attachments=attachments
+        )
         for attachment in attachments:
             self.sim.attachments[attachment.id] = attachment
         self.sim.messages[message.id] = message
@@ -1215,6 +1221,8 @@ class DiscordSimulator:
                     "application_id": str(self.application_id),
                     "version": "1",
                     "type": command.get("type", 1),
+                    # Discord answers every command with a description; a context menu's is empty.
+                    "description": command.get("description", ""),
                 }
             )
         self.commands[guild_id] = stored

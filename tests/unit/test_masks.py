@@ -84,7 +84,9 @@ def test_the_mask_preview_tints_only_the_repaired_region(tmp_path) -> None:  # t
     mask = Image.new("L", (64, 32), 0)
     mask.paste(255, (8, 8, 24, 24))
     mask.save(tmp_path / "mask.png")
-    with Image.open(io.BytesIO(mask_overlay(str(tmp_path / "source.png"), str(tmp_path / "mask.png"), side=32))) as preview:
+    with Image.open(
+        io.BytesIO(mask_overlay(str(tmp_path / "source.png"), str(tmp_path / "mask.png"), side=32))
+    ) as preview:
         assert preview.size == (32, 16)  # a small picture, the source's shape
         pixels = np.asarray(preview.convert("RGB")).astype(int)
     assert tuple(pixels[0, 0]) == (10, 20, 30)
