@@ -209,13 +209,98 @@ def build_tiny_blip(out_dir: Path, *, seed: int = 0) -> Path:
     return save_atomically(out_dir, write)
 
 
-def _tiny_bert_tokenizer(tokenizer_class: Any) -> Any:
-    """A WordPiece tokenizer over the tiny corpus, in the format of BLIP's (BERT's) tokenizer."""
+def _tiny_bert_tokenizer(tokenizer_class: Any, size: int | None = None) -> Any:
+    """A WordPiece tokenizer over the tiny corpus, in the format of BLIP's (BERT's) tokenizer; padded
+    with unused entries to ``size`` ids so that a real-sized model's every output id decodes."""
     from engine.tiny import _CORPUS
 
     special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     words = special + sorted(set(_CORPUS))
+    if size is not None:
+        words += [f"[unused{i}]" for i in range(size - len(words))]
     tokenizer = tokenizer_class(vocab={word: i for i, word in enumerate(words)}, do_lower_case=True)
     # BLIP's captioner starts decoding from a [DEC] token (its bos).
     tokenizer.add_special_tokens({"bos_token": "[DEC]"})
     return tokenizer
+
+
+def build_random_edit_models(out_dir: Path, *, seed: int = 0) -> dict[str, str]:
+    """The real architectures behind edits (InstructPix2Pix), repairs (an SD 1.5 inpainting UNet with 9
+    channels, CLIPSeg rd64) and descriptions (BLIP base) with random weights, saved for the same
+    ``from_pretrained`` code: what a GPU benchmark measures, since speed depends on shapes only.
+    Tokenizers are the tiny ones, their ids a subset of the real vocabularies."""
+    import json
+
+    import diffusers
+    import torch
+    import transformers
+    from transformers import (
+        BertTokenizerFast,
+        BlipConfig,
+        BlipForConditionalGeneration,
+        BlipImageProcessor,
+        BlipProcessor,
+        CLIPSegConfig,
+        CLIPSegForImageSegmentation,
+        CLIPSegProcessor,
+        CLIPTextConfig,
+        ViTImageProcessor,
+    )
+
+    from engine.pipelines.registry import CONFIGS_DIR
+
+    spec = json.loads((CONFIGS_DIR / "instruct-pix2pix.json").read_text())
+    tokenizer = clip_tokenizer()
+    torch.manual_seed(seed)
+    paths: dict[str, str] = {}
+    for name, channels, pipeline_name in (
+        ("edit", 8, "StableDiffusionInstructPix2PixPipeline"),
+        ("inpaint", 9, "StableDiffusionInpaintPipeline"),
+    ):
+        unet_config = {**spec["unet"], "in_channels": channels}
+        unet = getattr(diffusers, unet_config.pop("_class_name")).from_config(unet_config)
+        vae_config = dict(spec["vae"])
+        vae = getattr(diffusers, vae_config.pop("_class_name")).from_config(vae_config)
+        text_config = dict(spec["text_encoder"])
+        text_encoder = getattr(transformers, text_config.pop("architectures")[0])(CLIPTextConfig(**text_config))
+        scheduler_config = dict(spec["scheduler"])
+        scheduler = getattr(diffusers, scheduler_config.pop("_class_name")).from_config(scheduler_config)
+        pipe = getattr(diffusers, pipeline_name)(
+            unet=unet,
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            scheduler=scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+        paths[name] = str(save_atomically(out_dir / name, pipe.save_pretrained, "model_index.json"))
+        del pipe, unet, vae, text_encoder
+
+    clipseg = CLIPSegForImageSegmentation(CLIPSegConfig())  # the defaults are clipseg-rd64's shapes
+    clipseg_processor = CLIPSegProcessor(
+        image_processor=ViTImageProcessor(size={"height": 352, "width": 352}), tokenizer=tokenizer
+    )
+
+    def write_clipseg(tmp: Path) -> None:
+        clipseg.save_pretrained(tmp)
+        clipseg_processor.save_pretrained(tmp)
+
+    paths["mask"] = str(save_atomically(out_dir / "mask", write_clipseg))
+
+    blip_tokenizer = _tiny_bert_tokenizer(BertTokenizerFast, size=30522)
+    blip_config = BlipConfig()  # the defaults are blip-image-captioning-base's shapes
+    blip_config.text_config.bos_token_id = blip_tokenizer.bos_token_id
+    blip = BlipForConditionalGeneration(blip_config)
+    blip_processor = BlipProcessor(
+        image_processor=BlipImageProcessor(size={"height": 384, "width": 384}), tokenizer=blip_tokenizer
+    )
+
+    def write_blip(tmp: Path) -> None:
+        blip.save_pretrained(tmp)
+        blip_processor.save_pretrained(tmp)
+
+    paths["caption"] = str(save_atomically(out_dir / "caption", write_blip))
+    log.info("built the edit models with random weights in %s", out_dir)
+    return paths
