@@ -75,7 +75,9 @@ def run_bench_edit(args: argparse.Namespace) -> int:
             from engine.tiny_edit import build_random_edit_models
 
             built = call_compute(build_random_edit_models, scratch_dir / "models")
-            models = TaskModels(edit=built["edit"], mask=built["mask"], caption=built["caption"], inpaint=built["inpaint"])
+            models = TaskModels(
+                edit=built["edit"], mask=built["mask"], caption=built["caption"], inpaint=built["inpaint"]
+            )
         else:
             models = task_models(base)
         # The text-to-image pipeline the engine wraps; the tiny one (edits never use it when an
@@ -107,7 +109,9 @@ def _write_source(path: Path, side: int) -> None:
     Image.fromarray(pixels).save(path)
 
 
-def _jobs(kind: str, model: str, source: Path, side: int, steps: int, count: int, plan: dict[str, Any]) -> list[JobSpec]:
+def _jobs(
+    kind: str, model: str, source: Path, side: int, steps: int, count: int, plan: dict[str, Any]
+) -> list[JobSpec]:
     instructions = ("make it winter", "turn it into a watercolor", "make it night", "add autumn colours")
     return [
         JobSpec(
@@ -144,10 +148,18 @@ def _run(pipeline: Any, args: argparse.Namespace, settings: Any, source: Path, s
         args.requests,
         # A threshold of 0 keeps every image's mask non-empty whatever random weights see; a repair's
         # cost does not depend on the mask's shape.
-        {"mode": "repair", "action": "replace", "target": "the sky", "replacement": "fireworks", "mask": {"threshold": 0.0, "max_coverage": 1.0}},
+        {
+            "mode": "repair",
+            "action": "replace",
+            "target": "the sky",
+            "replacement": "fireworks",
+            "mask": {"threshold": 0.0, "max_coverage": 1.0},
+        },
     )
     describes = _jobs("describe", model, source, side, 1, args.requests, {})
-    bench = BenchSpec(model, "edit", side, side, steps, 7.5, args.requests, max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms)
+    bench = BenchSpec(
+        model, "edit", side, side, steps, 7.5, args.requests, max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms
+    )
 
     started = time.perf_counter()
     call_compute(_plain_edit, pipeline, edits[0])
@@ -177,7 +189,9 @@ def _run(pipeline: Any, args: argparse.Namespace, settings: Any, source: Path, s
                 if not paths:
                     max_abs_diff = 255
                     continue
-                max_abs_diff = max(max_abs_diff, int(np.abs(_pixels(paths[0]) - np.asarray(image, dtype=np.int16)).max()))
+                max_abs_diff = max(
+                    max_abs_diff, int(np.abs(_pixels(paths[0]) - np.asarray(image, dtype=np.int16)).max())
+                )
             repaired = asyncio.run(_engine_burst(pipeline, repairs, bench, settings, submitter, phase_seed=round_index))
             repair_rates.append(len(repairs) / repaired.seconds)
             failed += repaired.failed
@@ -185,7 +199,9 @@ def _run(pipeline: Any, args: argparse.Namespace, settings: Any, source: Path, s
                 one = time.perf_counter()
                 call_compute(pipeline.captioner().captions, [job])
                 describe_plain.append(time.perf_counter() - one)
-            described = asyncio.run(_engine_burst(pipeline, describes[:1], bench, settings, submitter, phase_seed=round_index))
+            described = asyncio.run(
+                _engine_burst(pipeline, describes[:1], bench, settings, submitter, phase_seed=round_index)
+            )
             describe_engine += described.latencies
             failed += described.failed
     finally:

@@ -59,6 +59,14 @@ class ImageTasks:
         self._repair: Any = None
         self._captioner: Any = None
 
+    @property
+    def device(self) -> Any:
+        return self.base.device
+
+    @property
+    def dtype(self) -> Any:
+        return self.base.dtype
+
     # Loaded on the compute thread, on first use.
     def edit_pipeline(self) -> Any:
         with self._lock:

@@ -165,3 +165,15 @@ async def test_message_menus_and_describe_buttons(running: Harness) -> None:
     assert imagined.embeds[0]["title"] == prompts[1][:256]
     newest = (await _jobs(running))[-1]
     assert (newest.kind, newest.member_prompt, newest.parent_job_id) == ("txt2img", prompts[1], description_job.id)
+
+    # A caption the server's word list refuses makes no prompts, and the description is given back.
+    banned = description_job.outcome["caption"].split()[0]
+    await (await running.admin.slash("atelier config", banned_words=banned)).wait_ack()
+    refused = await (await running.member.message_command("Describe with Atelier", post)).wait_followup(
+        lambda m: "can't describe" in m.content
+    )
+    assert "nothing was charged" in refused.content
+    last = (await _jobs(running))[-1]
+    async with running.services.db.sessions() as session:  # type: ignore[union-attr]
+        usage = await session.get(Usage, last.id)
+    assert last.kind == "describe" and usage is not None and usage.refunded_at is not None
