@@ -24,7 +24,9 @@ def test_edits_cost_like_an_image_of_their_size_and_steps_and_descriptions_are_c
     repair = replace(image, kind="repair", plan={"mode": "repair", "target": "the car"})
     describe = replace(image, kind="describe", steps=1)
     assert edit.compute_units == repair.compute_units == image.compute_units
-    assert abs(replace(edit, width=1024, height=1024).compute_units - 4 * edit.compute_units) < 0.001  # rounded to 4 places
+    assert (
+        abs(replace(edit, width=1024, height=1024).compute_units - 4 * edit.compute_units) < 0.001
+    )  # rounded to 4 places
     assert 0 < describe.compute_units < image.compute_units / 100
     # Edits with a different image guidance never share an InstructPix2Pix call.
     assert edit.batch_key != replace(edit, plan={"mode": "instruction", "image_guidance": 2.0}).batch_key
