@@ -52,6 +52,7 @@ async def _with_source(args: argparse.Namespace, action: Callable[[Services, Any
     from bot.services.delivery import DEFAULT_UPLOAD_LIMIT
     from bot.services.edits import SourceImage
     from bot.services.uploads import save_source_image
+    from engine.queue import check_reachable
     from migrations import upgrade
 
     settings = settings_from(args)
@@ -59,6 +60,7 @@ async def _with_source(args: argparse.Namespace, action: Callable[[Services, Any
     settings.ensure_dirs()
     # Checked before anything else starts: a bad file costs nothing and leaves nothing behind.
     path, width, height = save_source_image(data, settings, byte_limit=DEFAULT_UPLOAD_LIMIT)
+    await check_reachable(settings)
     await upgrade(settings.db_url)
     services = Services.create(settings)
     try:

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from engine.contract import EDIT_KINDS, GeneratedImage, JobKind, JobSpec
-from engine.pipelines.text_to_image import BatchOutput, Interrupted, _bad_arguments_are_permanent, png_with_metadata
+from engine.pipelines.text_to_image import BatchOutput, Interrupted, _bad_arguments_are_permanent
+from engine.pngmeta import png_with_metadata
 
 log = logging.getLogger(__name__)
 
@@ -124,20 +125,25 @@ class ImageTasks:
                 pipe._interrupt = True
             return callback_kwargs
 
+        task = self.edit_pipeline() if first.kind == JobKind.EDIT else self.repair_pipeline()
         with self._torch.inference_mode(), _bad_arguments_are_permanent():
             if first.kind == JobKind.EDIT:
-                pil_images, _ = self.edit_pipeline().run(jobs, generators, step_end)
+                pil_images, _ = task.run(jobs, generators, step_end)
                 extras: list[dict[str, Any]] = [{} for _ in jobs]
             else:
-                pil_images, extras = self.repair_pipeline().run(jobs, generators, step_end)
+                pil_images, extras = task.run(jobs, generators, step_end)
         if should_stop():
             raise Interrupted
         out: list[list[GeneratedImage]] = []
         images = iter(pil_images)
+        sampler = type(task.pipe.scheduler).__name__
         for job in jobs:
             encoded = []
+            # The file records what was asked and how it was carried out, to reproduce it from the file.
+            record = {"kind": job.kind, "instruction": job.member_prompt, "strength": job.strength, "plan": job.plan}
             for index, seed in enumerate(job.seeds):
                 image = next(images)
-                encoded.append(GeneratedImage(index, png_with_metadata(image, job, seed), image.width, image.height))
+                png = png_with_metadata(image, job, seed, sampler=sampler, **record)
+                encoded.append(GeneratedImage(index, png, image.width, image.height))
             out.append(encoded)
         return BatchOutput(out, time.perf_counter() - started, extras)

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from engine.pngmeta import atelier_record
+
 
 def atelier(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -56,7 +58,9 @@ def test_edit_repair_and_describe_through_the_engine(settings_env: dict[str, str
     assert outside.any() and (~outside).any()
     assert np.array_equal(result[outside], original[outside])  # nothing outside the mask changed
     with Image.open(job["image"]) as image:
-        recorded = json.loads(image.text["parameters"])
+        recorded = atelier_record(image.text)
+        # The A1111 text starts with what the inpainting model was asked to draw.
+        assert image.text["parameters"].startswith("empty background")
     assert (recorded["instruction"], recorded["kind"], recorded["seed"]) == ("remove the car", "repair", 4)
     assert recorded["plan"]["target"] == "the car"
 
