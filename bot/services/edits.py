@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import update
 
 from bot.config import Settings
-from bot.db.models import Job
+from bot.db.models import Guild, Job
 from bot.errors import InvalidRequest, NotFound, PolicyRefused
 from bot.services.edit_plans import MAX_INSTRUCTION_CHARS, REPAIR, decide
 from bot.services.jobs import ImagineRequest, JobService
@@ -201,9 +201,13 @@ class EditService:
             async with self.db.transaction() as session:
                 await ledger.refund(session, [job.id])
             raise PolicyRefused("Atelier can't describe this image here; nothing was charged.") from None
+        async with self.db.sessions() as session:
+            guild = await session.get(Guild, job.guild_id)
+        # A server that chose the presets gets them even where the host runs the LLM.
+        use_llm = not (guild is not None and guild.expansion_mode in ("presets", "raw"))
         prompts: list[str] = []
         for offset, style in enumerate(DESCRIBE_STYLES):
-            expansion = await self.jobs.expander.expand(caption, style=style, seed=job.seed + offset)
+            expansion = await self.jobs.expander.expand(caption, style=style, seed=job.seed + offset, use_llm=use_llm)
             prompt = expansion.model_prompt
             if prompt in prompts:  # the presets never repeat; an LLM might
                 prompt = f"{prompt}, {style}"

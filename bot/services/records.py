@@ -114,4 +114,8 @@ class JobRecord:
         data["images"] = [{"path": i.path, "seed": i.seed, "width": i.width, "height": i.height} for i in self.images]
         data["image"] = self.images[0].path if self.images else None
         data["delivery"] = self.delivery
+        # What only edits and descriptions have stays out of other jobs' records (/info fits one message).
+        for name in ("init_image", "plan", "outcome"):
+            if data[name] is None:
+                del data[name]
         return data

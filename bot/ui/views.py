@@ -73,7 +73,8 @@ def result_view(job: JobRecord) -> discord.ui.View:
             view.add_item(UpscaleButton(job.id, index))
         for index in range(len(job.images)):
             view.add_item(VariationButton(job.id, index))
-    if job.kind != "describe":
+    if job.kind not in ("edit", "repair", "describe"):
+        # An edit's words are an instruction, not a prompt to draw again: 🪄 edits it further instead.
         view.add_item(RerollButton(job.id))
         view.add_item(EditPromptButton(job.id))
     view.add_item(InfoButton(job.id))
