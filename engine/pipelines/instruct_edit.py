@@ -26,7 +26,9 @@ class InstructEdit:
     def __init__(self, source: str, *, device: Any, dtype: Any) -> None:
         from diffusers import DiffusionPipeline
 
-        self.pipe = DiffusionPipeline.from_pretrained(source, dtype=dtype)
+        from engine.pipelines.registry import variant_for
+
+        self.pipe = DiffusionPipeline.from_pretrained(source, dtype=dtype, variant=variant_for(source, dtype))
         self.pipe.to(device)
         self.pipe.set_progress_bar_config(disable=True)
         self._accepts = set(inspect.signature(self.pipe.__call__).parameters)

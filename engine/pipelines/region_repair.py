@@ -32,7 +32,9 @@ def load_inpainting_pipe(source: str, *, device: Any, dtype: Any) -> Any:
     """A dedicated inpainting model (a 9-channel UNet: latents, mask, masked image)."""
     from diffusers import AutoPipelineForInpainting
 
-    pipe = AutoPipelineForInpainting.from_pretrained(source, dtype=dtype)
+    from engine.pipelines.registry import variant_for
+
+    pipe = AutoPipelineForInpainting.from_pretrained(source, dtype=dtype, variant=variant_for(source, dtype))
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     log.info("loaded the inpainting model %s", source)

@@ -37,6 +37,13 @@ def half_precision_variant(source: str) -> str | None:
     return "fp16" if any(".fp16." in name for name in names) else None
 
 
+def variant_for(source: str, dtype: Any) -> str | None:
+    """The fp16 files where a half-precision run can use them: half the download and the disk."""
+    import torch
+
+    return half_precision_variant(source) if dtype in (torch.float16, torch.bfloat16) else None
+
+
 # What each task loads unless configured otherwise, and the offline tiny stand-in for --tiny.
 TASK_DEFAULTS = {
     "edit": "timbrooks/instruct-pix2pix",

@@ -60,13 +60,11 @@ class ImageTasks:
         self._repair: Any = None
         self._captioner: Any = None
 
-    @property
-    def device(self) -> Any:
-        return self.base.device
-
-    @property
-    def dtype(self) -> Any:
-        return self.base.dtype
+    def __getattr__(self, name: str) -> Any:
+        # Everything else is the text-to-image pipeline's (its diffusers pipe, device, options, warm-up).
+        if name == "base":
+            raise AttributeError(name)
+        return getattr(self.base, name)
 
     # Loaded on the compute thread, on first use.
     def edit_pipeline(self) -> Any:
