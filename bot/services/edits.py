@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import update
 
+from bot import i18n
 from bot.config import Settings
 from bot.db.models import Guild, Job
 from bot.errors import InvalidRequest, NotFound, PolicyRefused
@@ -35,7 +36,6 @@ DESCRIBE_PROMPT = "Describe this image"
 # The four prompts of a description, one per style: distinct by construction, each in Atelier's voice.
 DESCRIBE_STYLES = ("photographic", "cinematic", "watercolor", "anime")
 MAX_CAPTION_CHARS = 300
-NOT_FOUND = "I couldn't find '{target}' in this image. Nothing was charged."
 
 
 def not_found_target(job: JobRecord) -> str | None:
@@ -46,10 +46,10 @@ def not_found_target(job: JobRecord) -> str | None:
     return None
 
 
-def failure_text(job: JobRecord) -> str | None:
+def failure_text(job: JobRecord, locale: str | None = None) -> str | None:
     """What a member or the command line is told about a repair whose target was not there."""
     target = not_found_target(job)
-    return NOT_FOUND.format(target=target[:80]) if target is not None else None
+    return i18n.text(locale, "errors.target_not_found", target=target[:80]) if target is not None else None
 
 
 @dataclass(frozen=True)
@@ -106,11 +106,9 @@ class EditService:
     ) -> JobRecord:
         instruction = " ".join(instruction.split())
         if not instruction:
-            raise InvalidRequest("The instruction is empty: say how to change the image.")
+            raise InvalidRequest("errors.instruction_empty")
         if len(instruction) > MAX_INSTRUCTION_CHARS:
-            raise InvalidRequest(
-                f"The instruction is {len(instruction)} characters; the limit is {MAX_INSTRUCTION_CHARS}."
-            )
+            raise InvalidRequest("errors.instruction_too_long", length=len(instruction), limit=MAX_INSTRUCTION_CHARS)
         model = self.settings.image_model
         request = ImagineRequest(
             prompt=instruction,
@@ -157,7 +155,7 @@ class EditService:
         """One image of a finished job, to edit again (edits chain: the new job's parent is that job)."""
         parent = await self.jobs.get(job_id)
         if parent.status != JobStatus.SUCCEEDED or not 0 <= index < len(parent.images):
-            raise InvalidRequest("That image is not available any more.")
+            raise InvalidRequest("errors.image_gone")
         image = parent.images[index]
         return SourceImage(image.path, image.width, image.height, parent.id)
 
@@ -183,7 +181,7 @@ class EditService:
         """The caption of a finished description and its four prompts, made once and stored. A caption
         that moderation refuses ends here, refunded: no prompts are made from it."""
         if job.kind != JobKind.DESCRIBE or job.status != JobStatus.SUCCEEDED:
-            raise NotFound(f"Job {job.id} is not a finished description.")
+            raise NotFound("errors.not_a_description", job_id=job.id)
         outcome = dict(job.outcome or {})
         caption = " ".join(str(outcome.get("caption") or "").split())[:MAX_CAPTION_CHARS] or "an image"
         if outcome.get("prompts"):
@@ -200,7 +198,7 @@ class EditService:
         except PolicyRefused:
             async with self.db.transaction() as session:
                 await ledger.refund(session, [job.id])
-            raise PolicyRefused("Atelier can't describe this image here; nothing was charged.") from None
+            raise PolicyRefused("errors.describe_refused") from None
         async with self.db.sessions() as session:
             guild = await session.get(Guild, job.guild_id)
         # A server that chose the presets gets them even where the host runs the LLM.

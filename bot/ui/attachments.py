@@ -12,7 +12,6 @@ from bot.errors import InvalidRequest
 from bot.services.delivery import DEFAULT_UPLOAD_LIMIT
 from bot.services.edits import SourceImage
 from bot.services.uploads import save_source_image
-from bot.ui.edit_texts import text
 
 if TYPE_CHECKING:
     from bot.app import AtelierBot
@@ -28,9 +27,9 @@ def check_attachment(interaction: discord.Interaction, attachment: discord.Attac
     """What can be refused before anything is downloaded: the declared size and type."""
     limit = upload_limit(interaction)
     if attachment.size > limit:
-        raise InvalidRequest(text("too_large", size=attachment.size / 2**20, limit=limit / 2**20))
+        raise InvalidRequest("errors.upload_too_large", size=attachment.size / 2**20, limit=limit / 2**20)
     if attachment.content_type and not attachment.content_type.startswith("image/"):
-        raise InvalidRequest(text("not_an_image"))
+        raise InvalidRequest("errors.upload_format")
 
 
 def image_of(message: discord.Message) -> discord.Attachment:
@@ -40,7 +39,7 @@ def image_of(message: discord.Message) -> discord.Attachment:
             (".png", ".jpg", ".jpeg", ".webp")
         ):
             return attachment
-    raise InvalidRequest(text("no_image"))
+    raise InvalidRequest("errors.no_image_attached")
 
 
 async def source_from(bot: AtelierBot, interaction: discord.Interaction, attachment: discord.Attachment) -> SourceImage:
@@ -50,7 +49,7 @@ async def source_from(bot: AtelierBot, interaction: discord.Interaction, attachm
     try:
         data = await attachment.read()
     except discord.HTTPException as error:
-        raise InvalidRequest(text("unreadable")) from error
+        raise InvalidRequest("errors.attachment_unreadable") from error
     path, width, height = await asyncio.to_thread(
         save_source_image, data, bot.settings, byte_limit=upload_limit(interaction)
     )

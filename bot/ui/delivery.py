@@ -132,7 +132,7 @@ async def _reply_for(
 ) -> Reply:
     prompt = job.member_prompt[:200]
     if job.status != "succeeded":
-        not_found = failure_text(job)
+        not_found = failure_text(job, locale)
         if not_found is not None:
             return Reply(content=not_found)
         if job.status == "cancelled":

@@ -4,15 +4,10 @@ templates a message catalog takes over)."""
 from __future__ import annotations
 
 TEXTS: dict[str, str] = {
-    "no_image": "That message has no image attachment to work on.",
-    "not_an_image": "Attach a PNG, JPEG or WebP image.",
-    "too_large": "The image is {size:.1f} MiB; the limit is {limit:.0f} MiB.",
-    "unreadable": "Could not read the attachment.",
     "modal_title": "Edit with Atelier",
     "instruction_label": "What should change?",
     "instruction_placeholder": "make it winter · remove the car · replace the sky with fireworks",
     "image_number_label": "Which image (1–{count})",
-    "bad_image_number": "Pick an image from 1 to {count}.",
     "edit_header": "🪄 **{instruction}**\n-# {mode}",
     "mode_instruction": "edit of the whole picture",
     "mode_repair": "{action} “{target}”",

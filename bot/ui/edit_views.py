@@ -84,7 +84,7 @@ class EditImageModal(discord.ui.Modal):
             return 0
         value = self.image_number.value.strip()
         if not value.isdigit() or not 1 <= int(value) <= self.count:
-            raise InvalidRequest(text("bad_image_number", count=self.count))
+            raise InvalidRequest("errors.bad_image_number", count=self.count)
         return int(value) - 1
 
     async def on_submit(self, interaction: discord.Interaction) -> None:
@@ -109,7 +109,7 @@ class MagicEditButton(_JobButton, template=r"atelier:wand:" + JOB_ID):  # type: 
     async def run(self, interaction: discord.Interaction) -> None:
         job = await self.load_job(interaction)
         if not job.images:
-            raise InvalidRequest("That image is not available any more.")
+            raise InvalidRequest("errors.image_gone")
         job_id = self.job_id
 
         async def load(submitted: discord.Interaction, index: int) -> SourceImage:
