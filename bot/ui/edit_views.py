@@ -134,7 +134,7 @@ class DescribePromptButton(  # type: ignore[call-arg]
                 label=str(index + 1),
                 style=discord.ButtonStyle.primary,
                 custom_id=f"atelier:prompt:{job_id}:{index}",
-                row=0,
+                row=1,  # their own row, under the result's other buttons
             )
         )
 

@@ -168,7 +168,7 @@ async def test_message_menus_and_describe_buttons(running: Harness) -> None:
 
     # A caption the server's word list refuses makes no prompts, and the description is given back.
     banned = description_job.outcome["caption"].split()[0]
-    await (await running.admin.slash("atelier config", banned_words=banned)).wait_ack()
+    await (await running.admin.slash("atelier config set", banned_words=banned)).wait_ack()
     refused = await (await running.member.message_command("Describe with Atelier", post)).wait_followup(
         lambda m: "can't describe" in m.content
     )
