@@ -1,7 +1,7 @@
 """jobs: the plan of an edit or repair, and what a job made besides its images
 
 Revision ID: 9e4a6c2d8f15
-Revises: 5b8e0f3c21d7
+Revises: 3f6a9c2d8e14
 Create Date: 2026-12-03 10:45:00
 """
 
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "9e4a6c2d8f15"
-down_revision: str | None = "5b8e0f3c21d7"
+down_revision: str | None = "3f6a9c2d8e14"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
