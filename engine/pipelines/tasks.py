@@ -103,10 +103,12 @@ class ImageTasks:
         *,
         should_stop: Callable[[], bool] = lambda: False,
         on_step: Callable[[int, int], None] | None = None,
+        previews: Any = None,
     ) -> BatchOutput:
+        """``previews``: live previews of text-to-image jobs; edits and descriptions show none."""
         first = jobs[0]
         if first.kind not in TASK_KINDS:
-            return self.base.generate(jobs, should_stop=should_stop, on_step=on_step)
+            return self.base.generate(jobs, should_stop=should_stop, on_step=on_step, previews=previews)
         started = time.perf_counter()
         if first.kind == JobKind.DESCRIBE:
             with self._torch.inference_mode(), _bad_arguments_are_permanent():
