@@ -37,6 +37,8 @@ EXTENSIONS = (
     "bot.cogs.admin",
     "bot.cogs.member",
     "bot.cogs.help",
+    "bot.cogs.edit",
+    "bot.cogs.describe",
 )
 
 # Interaction tokens live 15 minutes from the interaction's creation; leave a margin for the upload.

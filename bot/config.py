@@ -23,6 +23,16 @@ class Settings(EngineSettings):
     translation: Literal["marian", "refuse"] = "marian"
     translation_model: str = "Helsinki-NLP/opus-mt-zh-en"
 
+    # /edit and /describe. Steps unset: 20 (InstructPix2Pix's own default), 2 with the tiny models.
+    edit_steps: int | None = None
+    edit_guidance: float = 7.5
+    edit_image_guidance: float = 1.5
+    # Region repair masks: CLIPSeg's probability over which a pixel is the target, then pixels grown
+    # around it and the width of the blended edge.
+    mask_threshold: float = 0.4
+    mask_dilate_px: int = 8
+    mask_feather_px: int = 6
+
     default_images_per_day: int = 50
     max_side: int = 1024
     max_steps: int = 50

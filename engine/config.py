@@ -92,6 +92,13 @@ class EngineSettings(BaseSettings):
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
 
+    # Edits, repairs and descriptions (hub ids or directories). inpaint_model unset: the configured
+    # image model's own weights inpaint; set it to a dedicated inpainting model for better fills.
+    edit_model: str = "timbrooks/instruct-pix2pix"
+    mask_model: str = "CIDAS/clipseg-rd64-refined"
+    inpaint_model: str | None = None
+    caption_model: str = "Salesforce/blip-image-captioning-base"
+
     # An image-classification model (hub id or directory; "tiny" for the offline one) that scores
     # results for NSFW content. Off by default.
     safety_model: str | None = None

@@ -34,13 +34,36 @@ class JobKind(StrEnum):
     # A re-run of one finished image while recording attention; ``init_image`` names the original
     # image to compare the re-run with, and the result's image is the heatmap grid.
     EXPLAIN = "explain"
+    # The whole picture changes as an instruction says (InstructPix2Pix).
+    EDIT = "edit"
+    # One region, found from words (CLIPSeg), is redrawn by an inpainting model; the rest stays.
+    REPAIR = "repair"
+    # A caption of a member's image; no image comes back.
+    DESCRIBE = "describe"
 
 
 IMAGE_TO_IMAGE_KINDS = frozenset({JobKind.IMAGE_TO_IMAGE, JobKind.UPSCALE})
+EDIT_KINDS = frozenset({JobKind.EDIT, JobKind.REPAIR})
+# Every kind that reads the member's image from ``init_image``.
+SOURCE_IMAGE_KINDS = IMAGE_TO_IMAGE_KINDS | EDIT_KINDS | {JobKind.DESCRIBE}
 
 # Relative to text-to-image at the same size and steps. An upscale runs a light pass over a known
-# image; a variation is a full image-to-image pass.
-KIND_WEIGHTS = {JobKind.TEXT_TO_IMAGE: 1.0, JobKind.IMAGE_TO_IMAGE: 1.0, JobKind.UPSCALE: 0.5, JobKind.EXPLAIN: 1.0}
+# image; a variation is a full image-to-image pass. An edit is a full pass (InstructPix2Pix runs its
+# UNet three times a step, but at the image's own size, which is what budgets follow); a repair adds a
+# mask model's single pass. A description is one captioner pass: a tenth of a one-step image.
+KIND_WEIGHTS = {
+    JobKind.TEXT_TO_IMAGE: 1.0,
+    JobKind.IMAGE_TO_IMAGE: 1.0,
+    JobKind.UPSCALE: 0.5,
+    JobKind.EXPLAIN: 1.0,
+    JobKind.EDIT: 1.0,
+    JobKind.REPAIR: 1.0,
+    JobKind.DESCRIBE: 0.1,
+}
+
+# The error a repair ends with when its target is not in the image (the mask came out empty, or
+# covering almost everything): "target not found: the car". The bot tells the member in its own words.
+TARGET_NOT_FOUND = "target not found"
 
 
 class PermanentJobError(Exception):
@@ -73,6 +96,9 @@ class JobSpec:
     best_of: int = 1
     # Whether the engine's preference scorer scores (and orders) this job's images: a server can opt out.
     scoring: bool = True
+    # Edits and repairs: how the instruction is carried out (mode, action, target, replacement, image
+    # guidance, mask settings); plain JSON, stored with the job so it can be shown and reproduced.
+    plan: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -93,6 +119,8 @@ class JobSpec:
             self.guidance,
             self.scheduler,
             self.strength,
+            # InstructPix2Pix takes one image guidance per call.
+            (self.plan or {}).get("image_guidance"),
         )
 
     @property

@@ -36,10 +36,12 @@ def load_pipeline(settings: EngineSettings):  # type: ignore[no-untyped-def]
     pipeline = TextToImage(settings.image_model, source, device=settings.device, dtype=settings.dtype, options=options)
     _attach_taesd(pipeline, settings)
     from engine.explain import ExplainingPipeline
+    from engine.pipelines.tasks import ImageTasks, task_models
 
-    # Explain jobs are answered by the recorder around the bare pipeline; the scorer and the safety
-    # classifier see the other jobs as before.
-    pipeline = with_scorer(ExplainingPipeline(pipeline), settings)
+    # Edits, repairs and descriptions go through the same worker; their models load on first use.
+    # Explain jobs are answered by the recorder around the text-to-image pipeline; the scorer and the
+    # safety classifier see the other jobs as before.
+    pipeline = with_scorer(ExplainingPipeline(ImageTasks(pipeline, task_models(settings))), settings)
     if not settings.safety_model:
         return pipeline
     from engine.pipelines.safety import SafetyClassifier, ScoredPipeline, build_tiny_classifier

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import timedelta
+from typing import Any
 
 from bot.db.models import Job, Usage
 from engine.contract import JobStatus, QueuedJob, utcnow
@@ -24,6 +25,8 @@ async def add_job(
     seed: int = 7,
     max_attempts: int = 3,
     model: str = "atelier/tiny-sd",
+    kind: str = "txt2img",
+    plan: dict[str, Any] | None = None,
 ) -> str:
     job_id = uuid.uuid4().hex
     created = utcnow() - timedelta(seconds=age_seconds)
@@ -42,6 +45,8 @@ async def add_job(
                 seed=seed,
                 status=JobStatus.QUEUED,
                 max_attempts=max_attempts,
+                kind=kind,
+                plan=plan,
                 created_at=created,
                 available_at=created,
             )

@@ -1,4 +1,4 @@
-"""`atelier bench expand|engine|queue|taesd`: benchmarks that print JSON."""
+"""`atelier bench expand|engine|queue|taesd|edit`: benchmarks that print JSON."""
 
 from __future__ import annotations
 
@@ -33,3 +33,10 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> Non
     common(p)
     add_bench_taesd_arguments(p)
     p.set_defaults(func=run_bench_taesd)
+
+    from engine.bench_edit import add_bench_edit_arguments, run_bench_edit
+
+    p = bench.add_parser("edit", help="edits through the engine against plain pipeline calls; describe latency")
+    common(p)
+    add_bench_edit_arguments(p)
+    p.set_defaults(func=run_bench_edit)

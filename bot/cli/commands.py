@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from bot.cli import admin, backup, bench, evaluate, expand, explain, imagine, jobs, serve
+from bot.cli import admin, backup, bench, edit, evaluate, expand, explain, imagine, jobs, serve
 
 
 def common(parser: argparse.ArgumentParser) -> None:
@@ -17,6 +17,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--version", action="store_true", help="print the version")  # answered in main()
     sub = parser.add_subparsers(dest="command", required=True)
-    for group in (serve, imagine, jobs, admin, backup, expand, evaluate, explain, bench):
+    for group in (serve, imagine, edit, jobs, admin, backup, expand, evaluate, explain, bench):
         group.register(sub, common)
     return parser

@@ -13,6 +13,7 @@ from typing import Any
 from bot.config import Settings
 from bot.services.admin import AdminService
 from bot.services.bandit import VariantBandit
+from bot.services.edits import EditService
 from bot.services.jobs import Expander, JobService
 from bot.services.metrics import BotMetrics
 from bot.services.quota import QuotaService
@@ -73,6 +74,7 @@ class Services:
     ratings: RatingService
     metrics: BotMetrics
     bandit: VariantBandit
+    edits: EditService
 
     @classmethod
     def create(cls, settings: Settings, *, expander: Expander | None = None) -> Services:
@@ -85,7 +87,17 @@ class Services:
         bandit = VariantBandit(db)
         jobs = JobService(settings, db, queue, expander, quota, metrics, bandit)
         return cls(
-            settings, db, queue, expander, quota, jobs, AdminService(db, quota), RatingService(db), metrics, bandit
+            settings,
+            db,
+            queue,
+            expander,
+            quota,
+            jobs,
+            AdminService(db, quota),
+            RatingService(db),
+            metrics,
+            bandit,
+            EditService(settings, db, jobs),
         )
 
     async def close(self) -> None:

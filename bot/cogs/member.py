@@ -63,7 +63,8 @@ class MemberCog(commands.Cog):
         job = await self.bot.services.jobs.visible_to(
             job_id.strip(), guild_id=interaction.guild_id, user_id=interaction.user.id
         )
-        await interaction.response.send_message(**info_message(job, locale_of(interaction)), ephemeral=True)
+        lineage = await self.bot.services.jobs.lineage(job.id)
+        await interaction.response.send_message(**info_message(job, locale_of(interaction), lineage), ephemeral=True)
 
     async def _from_attachment(
         self, interaction: discord.Interaction, image: discord.Attachment, prompt: str, **options: object

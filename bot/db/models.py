@@ -120,6 +120,8 @@ class Job(Base):
     candidates: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
     # An explain job's findings: the words with their tokens and tiles, whether the re-run reproduced.
     explanation: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Edits and repairs: the mode, the structured plan (action, target, replacement) and its settings.
+    plan: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -137,6 +139,8 @@ class Job(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime)
     gpu_seconds: Mapped[float | None] = mapped_column(Float)
     compute_units: Mapped[float] = mapped_column(Float, default=0.0)
+    # What a job made besides its images: a description's caption and prompts, a repair's mask path.
+    outcome: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     delivered_at: Mapped[datetime | None] = mapped_column(DateTime)
     message_id: Mapped[int | None] = mapped_column(BigInteger)

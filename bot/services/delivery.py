@@ -46,6 +46,23 @@ def fit_upload(png: bytes, name: str, limit: int = DEFAULT_UPLOAD_LIMIT) -> Atta
         return Attachment(f"{name}.jpg", buffer.getvalue())
 
 
+MASK_PREVIEW_SIDE = 256
+
+
+def mask_overlay(source_path: str, mask_path: str, *, side: int = MASK_PREVIEW_SIDE) -> bytes:
+    """A small picture of the source with the repaired region tinted: shown beside a repair's result,
+    so the member sees what was changed."""
+    with PILImage.open(source_path) as opened_source, PILImage.open(mask_path) as opened_mask:
+        source = opened_source.convert("RGB")
+        mask = opened_mask.convert("L").resize(source.size)
+    tint = PILImage.new("RGB", source.size, (255, 64, 160))
+    preview = PILImage.composite(tint, source, mask.point(lambda value: value * 6 // 10))
+    preview.thumbnail((side, side))
+    buffer = io.BytesIO()
+    preview.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def grid(pngs: list[bytes]) -> bytes:
     """Two-by-two (or one-row) contact sheet of a job's images, for one attachment in the channel."""
     images = [PILImage.open(io.BytesIO(png)).convert("RGB") for png in pngs]

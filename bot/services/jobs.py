@@ -28,7 +28,16 @@ from bot.services.models import profile_for
 from bot.services.moderation import check_prompt
 from bot.services.quota import QuotaService
 from bot.services.records import JobRecord
-from engine.contract import SEED_LIMIT, JobKind, JobQueue, JobSpec, JobStatus, QueuedJob, utcnow
+from engine.contract import (
+    EDIT_KINDS,
+    SEED_LIMIT,
+    JobKind,
+    JobQueue,
+    JobSpec,
+    JobStatus,
+    QueuedJob,
+    utcnow,
+)
 from engine.queue import ledger
 from engine.queue.database import Database
 
@@ -83,6 +92,10 @@ class ImagineRequest:
     best_of: int | None = None
     # Members with Manage Server are told which moderation rule refused a request.
     is_admin: bool = False
+    # Edits, repairs and descriptions: their plan, guidance and where their model prompt came from.
+    plan: dict[str, Any] | None = None
+    guidance: float | None = None
+    expansion_source: str | None = None
 
 
 @dataclass(frozen=True)
@@ -240,6 +253,10 @@ class JobService:
             if value % profile.multiple:
                 raise InvalidRequest(f"errors.{name}_multiple", multiple=profile.multiple, got=value)
         max_steps = limits.max_steps
+        if request.kind in EDIT_KINDS or request.kind == JobKind.DESCRIBE:
+            # Edits and descriptions run other models than the image model, with their own step counts.
+            guild_max_steps = guild.max_steps if guild and guild.max_steps else self.settings.max_steps
+            max_steps = min(self.settings.max_steps, guild_max_steps)
         steps = _first(request.steps, inline.steps, limits.default_steps)
         if not 1 <= steps <= max_steps:
             raise InvalidRequest("errors.steps_range", high=max_steps, got=steps)
@@ -270,13 +287,14 @@ class JobService:
             width=width,
             height=height,
             steps=steps,
-            guidance=profile.guidance,
+            guidance=request.guidance if request.guidance is not None else profile.guidance,
             seed=seed if seed is not None else secrets.randbelow(SEED_LIMIT),
             count=count,
             strength=request.strength,
             init_image=request.init_image,
             best_of=best_of,
             scoring=scoring,
+            plan=request.plan,
         )
         style = request.style or inline.style or preferences.get("style") or (guild.default_style if guild else None)
         raw = request.raw or inline.raw or bool(preferences.get("raw")) or bool(guild and guild.expansion_mode == "raw")
@@ -302,9 +320,9 @@ class JobService:
             log.info("refused a prompt from user %s in guild %s: %s", request.user_id, request.guild_id, verdict.rule)
             raise _refusal(request, verdict.key, verdict.rule, **verdict.params)
 
-    async def submit(self, request: ImagineRequest) -> JobRecord:
-        """Validate, refuse (ban, policy, quota) before any model time is spent, expand, then reserve
-        quota and enqueue in one transaction."""
+    async def screen(self, request: ImagineRequest) -> tuple[Guild | None, Resolved]:
+        """Everything that can refuse a request before any model time is spent on it (a ban, a bad
+        option, moderation, the quota), writing nothing but a refused prompt's moderation event."""
         async with self.db.sessions() as session:
             # The guild is read once per request: the checks below and the reservation all use this copy.
             guild = await session.get(Guild, request.guild_id)
@@ -315,11 +333,30 @@ class JobService:
         resolved = self.validate(request, guild, preferences)
         spec = resolved.spec
         await self._check_policy(request, guild, spec.member_prompt)
-        units = spec.compute_units
         async with self.db.sessions() as session:
             await self.quota.check(
-                session, guild, request.guild_id, request.user_id, spec.count * spec.best_of, units, request.role_ids
+                session,
+                guild,
+                request.guild_id,
+                request.user_id,
+                spec.count * spec.best_of,  # every candidate is drawn, so every one is charged
+                spec.compute_units,
+                request.role_ids,
             )
+        return guild, resolved
+
+    async def check_text(self, request: ImagineRequest, text: str) -> None:
+        """Moderation of text that is not the member's own words (a caption): the same rules as a prompt."""
+        async with self.db.sessions() as session:
+            guild = await session.get(Guild, request.guild_id)
+        await self._check_policy(request, guild, text)
+
+    async def submit(self, request: ImagineRequest) -> JobRecord:
+        """Validate, refuse (ban, policy, quota) before any model time is spent, expand, then reserve
+        quota and enqueue in one transaction."""
+        guild, resolved = await self.screen(request)
+        spec = resolved.spec
+        units = spec.compute_units
         expansion = await self._expand(request, guild, resolved)
         if expansion.source != "parent":
             self.metrics.expanded(expansion.source, expansion.ms)
@@ -427,7 +464,7 @@ class JobService:
                 member_prompt=spec.member_prompt,
                 model_prompt=request.model_prompt,
                 negative=spec.negative_prompt,
-                source="parent",
+                source=request.expansion_source or "parent",
                 style=resolved.style,
                 added="",
                 tokens=0,
@@ -487,6 +524,29 @@ class JobService:
         if (job.guild_id != guild_id) if guild_id is not None else (job.user_id != user_id):
             raise NotFound("errors.no_job", job_id=job_id[:40])
         return job
+
+    async def lineage(self, job_id: str, *, limit: int = 20) -> list[dict[str, Any]]:
+        """The jobs a job was made from, nearest first (an edit of an edit of an image): each one's id,
+        kind, the member's words, and an edit's mode and plan."""
+        chain: list[dict[str, Any]] = []
+        async with self.db.sessions() as session:
+            job = await session.get(Job, job_id)
+            seen = {job_id}
+            while job is not None and job.parent_job_id and len(chain) < limit:
+                parent = await session.get(Job, job.parent_job_id)
+                if parent is None or parent.id in seen:
+                    break
+                seen.add(parent.id)
+                entry: dict[str, Any] = {
+                    "job_id": parent.id,
+                    "kind": parent.kind,
+                    "member_prompt": parent.member_prompt,
+                }
+                if parent.plan:
+                    entry.update(mode=parent.plan.get("mode"), plan=parent.plan)
+                chain.append(entry)
+                job = parent
+        return chain
 
     async def wait(self, job_id: str, *, timeout: float | None = None, poll_seconds: float = 0.1) -> JobRecord:
         """Poll until the job ends. Polling a WAL database is cheap and needs no extra channel."""

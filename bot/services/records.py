@@ -81,6 +81,8 @@ class JobRecord:
     explanation: dict[str, Any] | None
     variant: str | None
     expansion_guard: str | None
+    plan: dict[str, Any] | None
+    outcome: dict[str, Any] | None
     attempts: int
     error: str | None
     compute_units: float
@@ -139,4 +141,8 @@ class JobRecord:
                 del data[optional]  # only a best-of job has candidates, only an explain job an explanation
         data["image"] = self.images[0].path if self.images else None
         data["delivery"] = self.delivery
+        # What only edits and descriptions have stays out of other jobs' records (/info fits one message).
+        for name in ("init_image", "plan", "outcome"):
+            if data[name] is None:
+                del data[name]
         return data

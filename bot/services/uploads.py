@@ -10,7 +10,9 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
+from bot.config import Settings
 from bot.errors import InvalidRequest
+from bot.services.models import profile_for
 
 log = logging.getLogger(__name__)
 
@@ -66,3 +68,16 @@ def save_upload(
     path = uploads_dir / f"{uuid.uuid4().hex}.png"
     image.save(path, format="PNG")
     return path, new_width, new_height
+
+
+def save_source_image(data: bytes, settings: Settings, *, byte_limit: int) -> tuple[Path, int, int]:
+    """A member's image for an edit, a description or a restyle: checked, turned upright, stored at a
+    size the configured model takes (at most twice its native side)."""
+    profile = profile_for(settings.image_model)
+    return save_upload(
+        data,
+        settings.data_dir / "uploads",
+        byte_limit=byte_limit,
+        max_side=min(settings.max_side, profile.side * 2),
+        multiple=profile.multiple,
+    )

@@ -12,9 +12,12 @@ from typing import TYPE_CHECKING, Any
 import discord
 
 from bot import i18n
-from bot.services.delivery import DEFAULT_UPLOAD_LIMIT, Attachment, blur, fit_upload, grid
+from bot.errors import PolicyRefused
+from bot.services.delivery import DEFAULT_UPLOAD_LIMIT, Attachment, blur, fit_upload, grid, mask_overlay
+from bot.services.edits import failure_text
 from bot.services.jobs import discard_preview
 from bot.services.records import JobRecord
+from bot.ui.edit_texts import text
 from bot.ui.messages import result_embed
 from bot.ui.translator import guild_locale, locale_of
 from bot.ui.views import result_view
@@ -31,10 +34,14 @@ async def deliver_job(bot: AtelierBot, job: JobRecord) -> None:
     pending = bot.pending_replies.pop(job.id, None)
     try:
         channel = bot.get_channel(job.channel_id) if job.channel_id else None
-        action = await bot.delivery.flagged_action(job, channel_nsfw=bool(getattr(channel, "nsfw", False)))
+        channel_nsfw = bool(getattr(channel, "nsfw", False))
         # The requester's language while their interaction is known; after a restart, the server's.
         locale = locale_of(pending.interaction) if pending is not None else guild_locale(bot.get_guild(job.guild_id))
-        reply = await _reply_for(job, upload_limit=_upload_limit(bot, job), action=action, locale=locale)
+        if job.kind == "describe" and job.status == "succeeded":
+            reply = await _describe_reply(bot, job, channel_nsfw, locale)
+        else:
+            action = await bot.delivery.flagged_action(job, channel_nsfw=channel_nsfw)
+            reply = await _reply_for(job, upload_limit=_upload_limit(bot, job), action=action, locale=locale)
         message = None
         if pending is not None and pending.usable:
             message = await _send_followup(pending, job, reply)
@@ -88,13 +95,18 @@ class Reply:
     embed: discord.Embed | None = None
     attachment: Attachment | None = None
     view: discord.ui.View | None = None
+    # Shown beside the main image (a repair's mask preview, as the embed's thumbnail).
+    beside: Attachment | None = None
 
     def message_kwargs(self, *, content_prefix: str = "") -> dict[str, Any]:
         kwargs: dict[str, Any] = {"content": f"{content_prefix} {self.content}".strip()}
         if self.embed is not None:
             kwargs["embed"] = self.embed
-        if self.attachment is not None:
-            kwargs["file"] = discord.File(io.BytesIO(self.attachment.data), filename=self.attachment.filename)
+        files = [a for a in (self.attachment, self.beside) if a is not None]
+        if len(files) == 1:
+            kwargs["file"] = discord.File(io.BytesIO(files[0].data), filename=files[0].filename)
+        elif files:
+            kwargs["files"] = [discord.File(io.BytesIO(a.data), filename=a.filename) for a in files]
         if self.view is not None:
             kwargs["view"] = self.view
         return kwargs
@@ -120,6 +132,9 @@ async def _reply_for(
 ) -> Reply:
     prompt = job.member_prompt[:200]
     if job.status != "succeeded":
+        not_found = failure_text(job, locale)
+        if not_found is not None:
+            return Reply(content=not_found)
         if job.status == "cancelled":
             if job.error and job.error != "cancelled":
                 return Reply(content=i18n.text(locale, "result.cancelled_because", prompt=prompt, reason=job.error))
@@ -131,4 +146,35 @@ async def _reply_for(
     attachment = await asyncio.to_thread(_attachment, job, upload_limit, action)
     embed = result_embed(job, locale)
     embed.set_image(url=f"attachment://{attachment.filename}")
-    return Reply(embed=embed, attachment=attachment, view=result_view(job))
+    beside = await _mask_preview(job) if action == "show" else None
+    if beside is not None:
+        embed.set_thumbnail(url=f"attachment://{beside.filename}")
+    return Reply(embed=embed, attachment=attachment, view=result_view(job), beside=beside)
+
+
+async def _mask_preview(job: JobRecord) -> Attachment | None:
+    mask = (job.outcome or {}).get("mask")
+    if job.kind != "repair" or not mask or not job.init_image:
+        return None
+    try:
+        png = await asyncio.to_thread(mask_overlay, job.init_image, mask)
+    except OSError:
+        log.info("no mask preview for job %s: its files are gone", job.id)
+        return None
+    return Attachment(f"{job.id}-mask.png", png)
+
+
+async def _describe_reply(bot: AtelierBot, job: JobRecord, channel_nsfw: bool, locale: str) -> Reply:
+    """A description: its caption and four prompts (made and stored once), with buttons 1–4."""
+    try:
+        description = await bot.services.edits.describe(job, channel_nsfw=channel_nsfw)
+    except PolicyRefused as refused:
+        return Reply(content=refused.localized(locale))
+    lines = [text("describe_prompt", number=i + 1, prompt=prompt[:400]) for i, prompt in enumerate(description.prompts)]
+    embed = discord.Embed(
+        title=text("describe_title"),
+        description=f"*{discord.utils.escape_markdown(description.caption)}*\n\n" + "\n".join(lines),
+        colour=discord.Colour.blurple(),
+    )
+    embed.set_footer(text=text("describe_footer", job_id=job.id))
+    return Reply(embed=embed, view=result_view(job))

@@ -32,6 +32,10 @@ def result_embed(job: JobRecord, locale: str = i18n.DEFAULT_LOCALE) -> discord.E
         embed.add_field(name=name[:256], value=job.model_prompt[:1024], inline=False)
     if job.negative_prompt:
         embed.add_field(name=t("result.negative"), value=job.negative_prompt[:1024], inline=False)
+    if job.plan:
+        plan = job.plan
+        done = f"{plan.get('action')} “{plan.get('target')}”" if plan.get("mode") == "repair" else "whole picture"
+        embed.add_field(name="Edit", value=done[:1024], inline=False)
     embed.add_field(name=t("result.seed"), value=str(job.seed))
     embed.add_field(name=t("result.model"), value=job.model)
     embed.add_field(
@@ -48,12 +52,17 @@ def result_embed(job: JobRecord, locale: str = i18n.DEFAULT_LOCALE) -> discord.E
     return embed
 
 
-def info_message(job: JobRecord, locale: str = i18n.DEFAULT_LOCALE) -> dict[str, Any]:
-    """The job's full record: in the message while it fits Discord's 2,000 characters, else as a file."""
+def info_message(
+    job: JobRecord, locale: str = i18n.DEFAULT_LOCALE, lineage: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """The job's full record: in the message while it fits Discord's 2,000 characters, else as a file.
+    An edit's record adds its lineage: the jobs it was made from, nearest first."""
     # Empty fields say nothing and cost characters, and the host's file paths mean nothing to a member
     # (and tell them how the host is laid out): without them a scored grid's record fits the message.
     record = {key: value for key, value in job.to_dict().items() if value is not None and key != "image"}
     record["images"] = [{k: v for k, v in image.items() if v is not None and k != "path"} for image in record["images"]]
+    if lineage:
+        record["lineage"] = lineage
     text = json.dumps(record, indent=1, ensure_ascii=False, default=str)
     block = f"```json\n{text}\n```"
     if len(block) <= MESSAGE_LIMIT:

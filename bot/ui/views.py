@@ -37,6 +37,11 @@ async def submit_and_track(bot: AtelierBot, interaction: discord.Interaction, re
     header = (
         f"**{discord.utils.escape_markdown(job.member_prompt[:200])}**\n-# {discord.utils.escape_markdown(shown[:300])}"
     )
+    await announce(bot, interaction, job, header)
+
+
+async def announce(bot: AtelierBot, interaction: discord.Interaction, job: JobRecord, header: str) -> None:
+    """Show a queued job's status where the member asked for it, and remember who to answer."""
     status_message = None
     queued = f"{header}\n{say(interaction, 'progress.queued')}"
     view = status_view(job.id, locale_of(interaction))
@@ -72,12 +77,19 @@ def result_view(job: JobRecord) -> discord.ui.View:
             view.add_item(UpscaleButton(job.id, index))
         for index in range(len(job.images)):
             view.add_item(VariationButton(job.id, index))
-    view.add_item(RerollButton(job.id))
-    view.add_item(EditPromptButton(job.id))
+    if job.kind not in ("edit", "repair", "describe"):
+        # An edit's words are an instruction, not a prompt to draw again: 🪄 edits it further instead.
+        view.add_item(RerollButton(job.id))
+        view.add_item(EditPromptButton(job.id))
     view.add_item(InfoButton(job.id))
     if job.status == "succeeded" and job.kind == "txt2img":
         view.add_item(ExplainButton(job.id))
     view.add_item(DeleteButton(job.id))
+    # Imported here: bot.ui.edit_views builds on this module's buttons.
+    from bot.ui.edit_views import edit_buttons
+
+    for item in edit_buttons(job):
+        view.add_item(item)
     return view
 
 
@@ -162,7 +174,8 @@ class InfoButton(_JobButton, template=r"atelier:info:" + JOB_ID):  # type: ignor
         job = await bot.services.jobs.visible_to(
             self.job_id, guild_id=interaction.guild_id, user_id=interaction.user.id
         )
-        await interaction.response.send_message(**info_message(job, locale_of(interaction)), ephemeral=True)
+        lineage = await bot.services.jobs.lineage(job.id)
+        await interaction.response.send_message(**info_message(job, locale_of(interaction), lineage), ephemeral=True)
 
 
 class ExplainButton(_JobButton, template=r"atelier:explain:" + JOB_ID):  # type: ignore[call-arg]

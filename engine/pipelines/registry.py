@@ -37,6 +37,39 @@ def half_precision_variant(source: str) -> str | None:
     return "fp16" if any(".fp16." in name for name in names) else None
 
 
+def variant_for(source: str, dtype: Any) -> str | None:
+    """The fp16 files where a half-precision run can use them: half the download and the disk."""
+    import torch
+
+    return half_precision_variant(source) if dtype in (torch.float16, torch.bfloat16) else None
+
+
+# What each task loads unless configured otherwise, and the offline tiny stand-in for --tiny.
+TASK_DEFAULTS = {
+    "edit": "timbrooks/instruct-pix2pix",
+    "mask": "CIDAS/clipseg-rd64-refined",
+    "caption": "Salesforce/blip-image-captioning-base",
+}
+
+
+def resolve_task_model(task: str, configured: str | None, models_dir: Path, *, tiny: bool) -> str | None:
+    """The path or hub id for an edit (InstructPix2Pix), mask (CLIPSeg), caption (BLIP) or inpaint
+    model; tiny random-weight models of the same classes with --tiny. ``inpaint`` may be None: the
+    configured image model's own weights then inpaint."""
+    if tiny:
+        from engine import tiny_edit
+
+        builders = {
+            "edit": (tiny_edit.build_tiny_instruct_pix2pix, "tiny-instruct-pix2pix"),
+            "inpaint": (tiny_edit.build_tiny_inpainting, "tiny-inpainting"),
+            "mask": (tiny_edit.build_tiny_clipseg, "tiny-clipseg"),
+            "caption": (tiny_edit.build_tiny_blip, "tiny-blip"),
+        }
+        build, name = builders[task]
+        return str(build(models_dir / name))
+    return configured or TASK_DEFAULTS.get(task)
+
+
 def pick_device(device: str = "auto", dtype: str = "auto"):  # type: ignore[no-untyped-def]
     import torch
 

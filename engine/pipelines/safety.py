@@ -87,6 +87,9 @@ class ScoredPipeline:
         output = self.pipeline.generate(jobs, **options)
         scored = []
         for images in output.images:
+            if not images:  # a description: nothing to score
+                scored.append(images)
+                continue
             pictures = [Image.open(io.BytesIO(image.png)).convert("RGB") for image in images]
             scores = self.classifier.scores(pictures)
             scored.append([dataclasses.replace(image, nsfw_score=s) for image, s in zip(images, scores, strict=True)])

@@ -41,7 +41,8 @@ def _bad_arguments_are_permanent() -> Iterator[None]:
 class BatchOutput:
     images: list[list[GeneratedImage]]  # per job, in the order the jobs were given
     seconds: float
-    extras: list[dict[str, Any]] = field(default_factory=list)  # per job: JobResult.extra (the scorer's)
+    # Per job, when the kind makes more than images (a caption, a mask): JobResult.extra.
+    extras: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ quota back, and applying the same outcome twice changes nothing.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 import uuid
@@ -67,6 +68,7 @@ jobs = table(
     column("scorer", String),
     column("candidates", JSON),
     column("explanation", JSON),
+    column("plan", JSON),
     column("status", String),
     column("attempts", Integer),
     column("max_attempts", Integer),
@@ -80,6 +82,7 @@ jobs = table(
     column("started_at", DateTime),
     column("finished_at", DateTime),
     column("gpu_seconds", Float),
+    column("outcome", JSON),
 )
 images = table(
     "images",
@@ -177,6 +180,32 @@ def stage_images(images_dir: Path, job_id: str, generated: list[GeneratedImage])
     return StagedImages(staged, final)
 
 
+# Result files other than the images travel inside ``JobResult.extra`` as base64 under these keys (the
+# same through SQLite and Redis) and are written beside the job's images once its result is recorded;
+# the stored outcome names their paths instead: {"mask_png": …} becomes {"mask": "…/JOB-mask.png"}.
+EXTRA_FILE_SUFFIX = "_png"
+# What the scorer and the explainer put in ``JobResult.extra`` has columns of its own.
+EXTRA_WITH_COLUMNS = frozenset({"scorer", "candidates", "explanation"})
+
+
+def outcome_of(success: Success) -> dict[str, Any]:
+    """The result's extra data as stored, its files written next to the first image."""
+    outcome: dict[str, Any] = {}
+    for key, value in success.result.extra.items():
+        if key in EXTRA_WITH_COLUMNS:
+            continue
+        if key.endswith(EXTRA_FILE_SUFFIX) and isinstance(value, str):
+            name = key.removesuffix(EXTRA_FILE_SUFFIX)
+            if not success.paths:
+                continue
+            path = success.paths[0].with_name(f"{success.job_id}-{name}.png")
+            write_atomically(path, base64.b64decode(value))
+            outcome[name] = str(path)
+        else:
+            outcome[key] = value
+    return outcome
+
+
 def write_images(images_dir: Path, job_id: str, generated: list[GeneratedImage]) -> list[Path]:
     paths = []
     for image in generated:
@@ -230,6 +259,7 @@ async def record_successes(session: AsyncSession, successes: list[Success]) -> l
                 "b_scorer": s.result.extra.get("scorer"),
                 "b_candidates": s.result.extra.get("candidates"),
                 "b_explanation": s.result.extra.get("explanation"),
+                "b_outcome": outcome_of(s) or None,
             }
             for s, cost in zip(recorded, costs, strict=True)
         ]
@@ -249,6 +279,7 @@ async def record_successes(session: AsyncSession, successes: list[Success]) -> l
                 scorer=bindparam("b_scorer"),
                 candidates=bindparam("b_candidates", type_=JSON),
                 explanation=bindparam("b_explanation", type_=JSON),
+                outcome=bindparam("b_outcome", type_=JSON),
             ),
             outcomes,
         )

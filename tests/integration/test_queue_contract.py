@@ -319,3 +319,22 @@ async def test_a_result_without_images_is_still_recorded(backend: Backend) -> No
     assert await engine.complete(claimed, JobResult(images=[], gpu_seconds=0.1))
     job = await backend.row(job_id)
     assert (job.status, job.images) == (JobStatus.SUCCEEDED, [])
+
+
+async def test_a_repairs_plan_reaches_the_engine_and_its_mask_and_caption_are_recorded(backend: Backend) -> None:
+    import base64
+
+    plan = {"mode": "repair", "action": "remove", "target": "the car", "mask": {"threshold": 0.4}}
+    engine = backend.engine()
+    job_id = await backend.submit(kind="repair", plan=plan)
+    [claimed] = await engine.claim("w")
+    assert (claimed.spec.kind, claimed.spec.plan) == ("repair", plan)
+    mask = tiny_png()
+    extra = {"mask_png": base64.b64encode(mask).decode(), "mask_coverage": 0.25}
+    assert await engine.complete(claimed, JobResult([GeneratedImage(0, tiny_png(), 64, 64)], 0.1, extra))
+    job = await backend.row(job_id)
+    assert job.status == JobStatus.SUCCEEDED and job.plan == plan
+    assert job.outcome is not None and job.outcome["mask_coverage"] == 0.25
+    # The mask's bytes became a file beside the image; the row names it.
+    assert open(job.outcome["mask"], "rb").read() == mask
+    assert job.outcome["mask"].endswith(f"{job_id}-mask.png")

@@ -38,3 +38,32 @@ def test_engine_pipeline_scores_every_image_when_a_classifier_is_configured(mode
     )
     [images] = pipeline.generate([job]).images
     assert len(images) == 2 and all(0.0 <= image.nsfw_score <= 1.0 for image in images)
+
+
+def test_edits_are_scored_like_any_image_and_descriptions_pass(models_dir: Path, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from bot.config import Settings
+    from engine.contract import JobSpec
+    from engine.serve import load_pipeline
+
+    pipeline = load_pipeline(Settings(tiny=True, models_path=models_dir, safety_model="tiny"))
+    Image.new("RGB", (64, 64), "green").save(tmp_path / "source.png")
+    edit = JobSpec(
+        kind="edit",
+        member_prompt="make it winter",
+        model_prompt="make it winter",
+        negative_prompt="",
+        model="atelier/tiny-sd",
+        width=64,
+        height=64,
+        steps=1,
+        guidance=2.0,
+        seed=3,
+        init_image=str(tmp_path / "source.png"),
+        plan={"mode": "instruction", "image_guidance": 1.5},
+    )
+    [[image]] = pipeline.generate([edit]).images
+    assert image.nsfw_score is not None and 0.0 <= image.nsfw_score <= 1.0
+    described = pipeline.generate([replace(edit, kind="describe", plan=None)])
+    assert described.images == [[]] and isinstance(described.extras[0]["caption"], str)

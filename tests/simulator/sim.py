@@ -311,6 +311,28 @@ class MemberState:
             self, 3, data, self.sim.channels[message.channel_id], message=message, locale=locale
         )
 
+    async def message_command(self, name: str, message: MessageState) -> InteractionRecord:
+        """Run a message context-menu command ("Apps → Edit with Atelier") on ``message`` as this member."""
+        return await self.sim.dispatch_message_command(self, name, message)
+
+    async def post(
+        self,
+        channel: ChannelState,
+        content: str = "",
+        *,
+        files: list[tuple[str, bytes, str]] = (),  # type: ignore[assignment]
+    ) -> MessageState:
+        """A message this member sends, with attachments given as (filename, data, content type)."""
+        attachments = [Attachment(snowflake(), name, data, kind) for name, data, kind in files]
+        message = MessageState(
+            snowflake(), channel.id, channel.guild_id, self.user_dict(), content, attachments=attachments
+        )
+        for attachment in attachments:
+            self.sim.attachments[attachment.id] = attachment
+        self.sim.messages[message.id] = message
+        await self.sim.dispatch("MESSAGE_CREATE", message.to_dict(self.sim.base_url) | {"member": self.member_dict()})
+        return message
+
     async def submit_modal(self, after: InteractionRecord, values: dict[str, str]) -> InteractionRecord:
         modal = after.modal
         if modal is None:
@@ -826,6 +848,23 @@ class DiscordSimulator:
             data["resolved"] = resolved
         return await self.dispatch_interaction(member, 4 if focused else 2, data, channel, locale=locale)
 
+    async def dispatch_message_command(
+        self, member: MemberState, name: str, message: MessageState
+    ) -> InteractionRecord:
+        commands = self.commands.get(member.guild.id, []) + self.commands.get(None, [])
+        command = next((c for c in commands if c["name"] == name and c.get("type") == 3), None)
+        if command is None:
+            raise AssertionError(f"{name!r} is not a synced message command")
+        data = {
+            "id": command["id"],
+            "name": name,
+            "type": 3,
+            "target_id": str(message.id),
+            "guild_id": str(member.guild.id),
+            "resolved": {"messages": {str(message.id): message.to_dict(self.base_url)}},
+        }
+        return await self.dispatch_interaction(member, 2, data, self.channels[message.channel_id])
+
     def _option(self, node: dict[str, Any], name: str, value: Any, resolved: dict[str, Any]) -> dict[str, Any]:
         spec = next((o for o in node.get("options", []) if o["name"] == name), None)
         if spec is None:
@@ -1182,6 +1221,8 @@ class DiscordSimulator:
                     "application_id": str(self.application_id),
                     "version": "1",
                     "type": command.get("type", 1),
+                    # Discord answers every command with a description; a context menu's is empty.
+                    "description": command.get("description", ""),
                 }
             )
         self.commands[guild_id] = stored

@@ -43,7 +43,10 @@ def test_discord_locales_map_onto_the_catalogs() -> None:
 def test_command_translations_are_names_discord_accepts() -> None:
     for locale in i18n.LOCALES:
         for key, value in command_catalog(locale).items():
-            if key.endswith(".name") and not key.startswith("choices."):
+            if key.endswith(".name") and key[0].isupper():
+                # A message menu ("Edit with Atelier"): any 1–32 characters, spaces and capitals included.
+                assert 1 <= len(value) <= 32, (locale, key, value)
+            elif key.endswith(".name") and not key.startswith("choices."):
                 assert COMMAND_NAME.match(value) and value == value.lower(), (locale, key, value)
             else:
                 assert 1 <= len(value) <= 100, (locale, key, value)

@@ -217,6 +217,16 @@ class ExpansionService:
         """For callers without an event loop (the CLI, scripts)."""
         return asyncio.run(self.expand(prompt, style=style, seed=seed, raw=raw, negative=negative))
 
+    async def chat(self, conversation: list[dict[str, str]], seed: int = 0) -> str | None:
+        """One seeded reply of the LLM to a conversation (the edit planner's), batched with the
+        expansions; None where the host runs no LLM or it could not be loaded."""
+        if self.config.mode != "llm":
+            return None
+        try:
+            return await self._generate(conversation, seed)
+        except LLMUnavailable:
+            return None
+
     async def aclose(self) -> None:
         batcher, self._batcher = self._batcher, None
         if batcher is not None and not batcher.done():
