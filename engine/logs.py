@@ -10,8 +10,9 @@ from collections.abc import Iterable
 # already applied, each gateway heartbeat).
 CHATTY = ("aiosqlite", "alembic", "httpx", "discord.gateway", "discord.client", "urllib3", "filelock")
 # bitsandbytes warns on every CPU-only start that an optional kernels package (which Atelier never installs,
-# since it downloads code from a hub) is missing.
-NOISY_WARNINGS = ("bitsandbytes",)
+# since it downloads code from a hub) is missing; torchao, on import, that its CUDA extensions and Triton
+# are absent on a CPU build.
+NOISY_WARNINGS = ("bitsandbytes", "torchao")
 HANDLER_NAME = "atelier"
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
