@@ -11,8 +11,8 @@ from collections.abc import Iterable
 CHATTY = ("aiosqlite", "alembic", "httpx", "discord.gateway", "discord.client", "urllib3", "filelock")
 # bitsandbytes warns on every CPU-only start that an optional kernels package (which Atelier never installs,
 # since it downloads code from a hub) is missing; torchao, on import, that its CUDA extensions and Triton
-# are absent on a CPU build.
-NOISY_WARNINGS = ("bitsandbytes", "torchao")
+# are absent on a CPU build, and torch then warns about an API torchao registers its enums with.
+NOISY_WARNINGS = ("bitsandbytes", "torchao", "torch.utils._pytree")
 HANDLER_NAME = "atelier"
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
