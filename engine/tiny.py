@@ -15,6 +15,7 @@ import shutil
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -115,22 +116,18 @@ def write_clip_tokenizer(out_dir: Path) -> Path:
     return out_dir
 
 
-def build_tiny_sd(out_dir: Path, *, seed: int = 0) -> Path:
-    """Build (once) and save a tiny SD pipeline; returns the directory ``from_pretrained`` takes."""
-    if (out_dir / "model_index.json").is_file():
-        return out_dir
-    import torch
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+def tiny_sd_modules(tokenizer: Any, *, in_channels: int = 4) -> dict[str, Any]:
+    """The tiny SD UNet, VAE and text encoder (call after seeding torch), with ``in_channels`` latent
+    channels into the UNet: 4 plain, 8 for InstructPix2Pix (noisy latents + the source's), 9 for
+    inpainting (noisy latents + the mask + the masked source's latents)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    log.info("building the tiny Stable Diffusion pipeline in %s", out_dir)
-    tokenizer = clip_tokenizer()
-    torch.manual_seed(seed)
     unet = UNet2DConditionModel(
         block_out_channels=(8, 16),
         layers_per_block=1,
         sample_size=TINY_SIDE // 2,
-        in_channels=4,
+        in_channels=in_channels,
         out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
@@ -161,6 +158,20 @@ def build_tiny_sd(out_dir: Path, *, seed: int = 0) -> Path:
             pad_token_id=tokenizer.pad_token_id,
         )
     )
+    return {"unet": unet, "vae": vae, "text_encoder": text_encoder}
+
+
+def build_tiny_sd(out_dir: Path, *, seed: int = 0) -> Path:
+    """Build (once) and save a tiny SD pipeline; returns the directory ``from_pretrained`` takes."""
+    if (out_dir / "model_index.json").is_file():
+        return out_dir
+    import torch
+    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
+
+    log.info("building the tiny Stable Diffusion pipeline in %s", out_dir)
+    tokenizer = clip_tokenizer()
+    torch.manual_seed(seed)
+    modules = tiny_sd_modules(tokenizer)
     # Trailing timestep spacing is what SD-Turbo ships with: one- and few-step sampling work.
     scheduler = EulerDiscreteScheduler(
         beta_start=0.00085,
@@ -170,9 +181,7 @@ def build_tiny_sd(out_dir: Path, *, seed: int = 0) -> Path:
         steps_offset=1,
     )
     pipe = StableDiffusionPipeline(
-        unet=unet,
-        vae=vae,
-        text_encoder=text_encoder,
+        **modules,
         tokenizer=tokenizer,
         scheduler=scheduler,
         safety_checker=None,

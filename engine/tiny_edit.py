@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from engine.tiny import TINY_SIDE, clip_tokenizer, save_atomically
+from engine.tiny import clip_tokenizer, save_atomically, tiny_sd_modules
 
 log = logging.getLogger(__name__)
 
@@ -22,54 +22,17 @@ def _tiny_sd_components(in_channels: int, seed: int) -> dict[str, Any]:
     latent channels going into the UNet: 4 plain, 8 for InstructPix2Pix (noisy latents + the source's),
     9 for inpainting (noisy latents + the mask + the masked source's latents)."""
     import torch
-    from diffusers import AutoencoderKL, EulerAncestralDiscreteScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from diffusers import EulerAncestralDiscreteScheduler
 
     tokenizer = clip_tokenizer()
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        sample_size=TINY_SIDE // 2,
-        in_channels=in_channels,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=4,
-        norm_num_groups=4,
-    )
-    vae = AutoencoderKL(
-        block_out_channels=(8, 16),
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=TINY_SIDE,
-    )
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=64,
-            num_attention_heads=4,
-            num_hidden_layers=2,
-            max_position_embeddings=77,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
+    modules = tiny_sd_modules(tokenizer, in_channels=in_channels)
     # The scheduler timbrooks/instruct-pix2pix ships with.
     scheduler = EulerAncestralDiscreteScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1
     )
     return {
-        "unet": unet,
-        "vae": vae,
-        "text_encoder": text_encoder,
+        **modules,
         "tokenizer": tokenizer,
         "scheduler": scheduler,
         "safety_checker": None,
