@@ -48,12 +48,18 @@ async def test_a_preview_of_the_forming_image_reaches_the_progress_message(harne
     try:
         async with harness.sim.connect(bot):
             interaction = await harness.member.slash("imagine", prompt="a fox in the snow", steps=4, raw=True)
+            # Previews come every second step (the default): step 2 of 4 brings the first. The preview's
+            # file lands just before its step is recorded, so one edit may still say step 1: wait for both.
             status = await harness.sim.wait_for(
-                lambda: interaction.original if interaction.original and interaction.original.attachments else None,
+                lambda: (
+                    interaction.original
+                    if interaction.original
+                    and interaction.original.attachments
+                    and "step 2 of 4" in interaction.original.content
+                    else None
+                ),
                 30,
             )
-            # Previews come every second step (the default): step 2 of 4 brings the first.
-            assert "step 2 of 4" in status.content
             (attachment,) = status.attachments
             with Image.open(io.BytesIO(attachment.data)) as preview:
                 preview.load()
