@@ -358,17 +358,27 @@ def _redis(url: str | None, scratch: Path) -> Iterator[str]:
         from engine.config import ConfigError
 
         raise ConfigError("--backend redis needs --redis-url or a redis-server on PATH")
+    with local_redis_server(binary, scratch) as started:
+        yield started
+
+
+@contextlib.contextmanager
+def local_redis_server(binary: str, workdir: Path) -> Iterator[str]:
+    """A redis-server on a free loopback port, persisting nothing, stopped when the block ends; its URL.
+    Raises RuntimeError, with the end of its log, if it does not start."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
+    log_path = workdir / "redis.log"
     command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    command += ["--dir", str(scratch), "--logfile", str(scratch / "redis.log")]
+    command += ["--dir", str(workdir), "--logfile", str(log_path)]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + REDIS_START_SECONDS
         while not _answers_ping(port):
             if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"redis-server did not start on port {port}")
+                log = log_path.read_text(errors="replace")[-2000:] if log_path.exists() else ""
+                raise RuntimeError(f"redis-server did not start on port {port}:\n{log}")
             time.sleep(0.05)
         yield f"redis://127.0.0.1:{port}/0"
     finally:
