@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 
 # Eight jobs per call: measured ahead of four, and level with sixteen without sixteen's straggler
 # batches when a burst lands over several claims. A 50 ms window: a burst of concurrent requests lands
-# in the queue over about a tenth of a second, and a lone job waits at most this long for company.
+# in the queue over about a tenth of a second. A lone job on an idle engine does not wait at all (see
+# EngineWorker._fill).
 DEFAULT_MAX_BATCH = 8
 DEFAULT_BATCH_WAIT_MS = 50.0
 _FIRST_PROGRESS_AFTER_SECONDS = 0.25
@@ -57,7 +58,7 @@ class WorkerConfig:
     max_batch: int = DEFAULT_MAX_BATCH
     # When a claim brings fewer than max_batch jobs, keep claiming for up to this long before running:
     # the jobs of a burst reach the queue over tens of milliseconds, and one batched call costs far less
-    # than several.
+    # than several. Not for a lone job found by an idle engine: nothing suggests company is coming.
     batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS
     heartbeat_seconds: float = 5.0
     poll_seconds: float = 0.2
@@ -122,17 +123,21 @@ class EngineWorker:
     async def run(self) -> None:
         heartbeat = BackgroundLoop(self._heartbeat, self.config.heartbeat_seconds, name="engine-heartbeat").start()
         idle_since = time.monotonic()
+        # A fresh engine has had nothing to do, as has one whose last claim came back empty.
+        was_idle = True
         try:
             while not self.stopping.is_set():
                 jobs = await self._claim(self.config.max_batch)
                 if not jobs:
+                    was_idle = True
                     idle = self.config.idle_exit_seconds
                     if idle is not None and time.monotonic() - idle_since > idle:
                         log.info("idle for %.0fs, exiting", idle)
                         break
                     await self._wait_for_work()
                     continue
-                await self._run_claim(_Claim(jobs))
+                await self._run_claim(_Claim(jobs), gather=not (was_idle and len(jobs) == 1))
+                was_idle = False
                 idle_since = time.monotonic()
         finally:
             try:
@@ -168,7 +173,10 @@ class EngineWorker:
             await asyncio.sleep(min(interval, remaining))
             claim.jobs += await self._claim(limit - len(claim.jobs))
 
-    async def _run_claim(self, claim: _Claim) -> None:
+    async def _run_claim(self, claim: _Claim, *, gather: bool = True) -> None:
+        """``gather``: wait up to batch_wait_ms for more jobs first. Off for a lone job found by an idle
+        engine: one request at a time must not pay the window, and the first job of a burst that runs
+        alone is followed by the rest of it, gathered while the engine worked."""
         # Leases are renewed from the first claim on, through the wait for more jobs.
         leases = BackgroundLoop(
             lambda: self._renew_leases(claim), self.config.heartbeat_seconds, name="engine-leases", delay_first=True
@@ -176,7 +184,8 @@ class EngineWorker:
         self._leases = {loop for loop in self._leases if not loop.done()} | {leases}
         grace = asyncio.create_task(self._abort_after_grace(claim))
         try:
-            await self._fill(claim)
+            if gather:
+                await self._fill(claim)
             for group in _group_by_batch_key(claim.jobs):
                 await self._run_batch(_Batch(group, claim))
         finally:

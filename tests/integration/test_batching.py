@@ -172,18 +172,36 @@ async def test_a_job_that_fails_in_a_batch_fails_alone(
 async def test_the_worker_waits_for_compatible_jobs_to_fill_a_batch(
     database: Database, settings: Settings, tiny_pipeline: TextToImage
 ) -> None:
-    first = await add_job(database, seed=50)
+    # Two jobs found together: a burst is arriving, so the engine gathers more before it runs.
+    first = [await add_job(database, seed=50), await add_job(database, seed=51, user_id=2)]
     # A generous window: the batch closes as soon as it is full, so the test never waits it out.
+    worker = EngineWorker(SqliteQueue(database, settings), tiny_pipeline, _config(batch_wait_ms=10_000))
+    running = asyncio.create_task(worker.run())
+    async with asyncio.timeout(60):
+        while (await _job(database, first[0])).status != JobStatus.RUNNING:
+            await asyncio.sleep(0.01)
+    later = [await add_job(database, seed=52 + i, user_id=3 + i) for i in range(2)]
+    await asyncio.wait_for(running, timeout=120)
+
+    assert [(await _job(database, job_id)).status for job_id in [*first, *later]] == [JobStatus.SUCCEEDED] * 4
+    assert worker.completed == 4 and worker.batches == 1
+
+
+async def test_a_lone_job_on_an_idle_engine_runs_without_waiting_for_company(
+    database: Database, settings: Settings, tiny_pipeline: TextToImage
+) -> None:
+    first = await add_job(database, seed=60)
+    # The window would hold the lone job for ten seconds and take the second one in with it.
     worker = EngineWorker(SqliteQueue(database, settings), tiny_pipeline, _config(batch_wait_ms=10_000))
     running = asyncio.create_task(worker.run())
     async with asyncio.timeout(60):
         while (await _job(database, first)).status != JobStatus.RUNNING:
             await asyncio.sleep(0.01)
-    later = [await add_job(database, seed=51 + i, user_id=2 + i) for i in range(3)]
-    await asyncio.wait_for(running, timeout=120)
+    second = await add_job(database, seed=61, user_id=2)
+    await asyncio.wait_for(running, timeout=60)
 
-    assert [(await _job(database, job_id)).status for job_id in [first, *later]] == [JobStatus.SUCCEEDED] * 4
-    assert worker.completed == 4 and worker.batches == 1
+    assert [(await _job(database, job_id)).status for job_id in (first, second)] == [JobStatus.SUCCEEDED] * 2
+    assert worker.completed == 2 and worker.batches == 2
 
 
 class _ProgressQueue(SqliteQueue):
