@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -85,6 +86,7 @@ class ScoredPipeline:
         from PIL import Image
 
         output = self.pipeline.generate(jobs, **options)
+        started = time.perf_counter()
         scored = []
         for images in output.images:
             if not images:  # a description: nothing to score
@@ -93,4 +95,5 @@ class ScoredPipeline:
             pictures = [Image.open(io.BytesIO(image.png)).convert("RGB") for image in images]
             scores = self.classifier.scores(pictures)
             scored.append([dataclasses.replace(image, nsfw_score=s) for image, s in zip(images, scores, strict=True)])
-        return dataclasses.replace(output, images=scored)
+        # The classifier's time is part of what the batch cost, like the scorer's.
+        return dataclasses.replace(output, images=scored, seconds=output.seconds + time.perf_counter() - started)

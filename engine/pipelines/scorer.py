@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -208,7 +209,10 @@ class ScoringPipeline:
                 prompts.append(job.model_prompt)
                 members.append(job.member_prompt)
                 owners.append((number, image.index))
+        started = time.perf_counter()
         scores = dict(zip(owners, self.scorer.score(pictures, prompts, members), strict=True))
+        # The scorer runs on the same accelerator: its time is part of what the batch cost.
+        seconds = output.seconds + time.perf_counter() - started
         kept: list[list[GeneratedImage]] = []
         extras: list[dict[str, Any]] = []
         inner_extras = output.extras or [{} for _ in jobs]
@@ -240,4 +244,4 @@ class ScoringPipeline:
                     {"seed": image_seed(job.seed, i.index), "score": scores[(number, i.index)].score} for i in images
                 ]
             extras.append(extra)
-        return dataclasses.replace(output, images=kept, extras=extras)
+        return dataclasses.replace(output, images=kept, extras=extras, seconds=seconds)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +90,23 @@ def test_a_job_with_scoring_off_is_neither_scored_nor_reordered(scored_pipeline:
     output = scored_pipeline.generate([_spec(count=2, scoring=False)])
     assert [(i.seed, i.score) for i in output.images[0]] == [(41, None), (42, None)]
     assert output.extras == [{}]
+
+
+def test_the_scorers_time_counts_in_what_the_batch_cost(scored_pipeline: ScoringPipeline) -> None:
+    class SlowScorer:
+        """The real scorer, a quarter of a second slower: a job's GPU seconds must show it."""
+
+        def __init__(self, scorer: object) -> None:
+            self.scorer = scorer
+            self.name = scorer.name  # type: ignore[attr-defined]
+
+        def score(self, *args: object) -> object:
+            time.sleep(0.25)
+            return self.scorer.score(*args)  # type: ignore[attr-defined]
+
+    slow = ScoringPipeline(scored_pipeline.pipeline, SlowScorer(scored_pipeline.scorer))  # type: ignore[arg-type]
+    # The tiny model draws in well under a quarter of a second: only the scorer's time can get it there.
+    assert slow.generate([_spec()]).seconds >= 0.25
 
 
 async def _run_engine(services: Services, pipeline: ScoringPipeline) -> None:
