@@ -86,7 +86,7 @@ async def _measure(count: int, requests: int, data_dir: Path, base: Any) -> dict
     settings = EngineSettings(data_dir=data_dir, models_path=base.models_dir, queue_url=base.queue_url)
     settings.ensure_dirs()
     await upgrade(settings.db_url)
-    engines = _start_engines(count, data_dir, base.models_dir)
+    engines = start_engine_processes(count, data_dir, base.models_dir)
     database = Database(settings.db_url)
     watch = CommitWatch(settings.db_url)
     stop = asyncio.Event()
@@ -123,7 +123,7 @@ async def _measure(count: int, requests: int, data_dir: Path, base: Any) -> dict
             ).all()
     finally:
         submitter.close()
-        _stop_engines(engines)
+        stop_engine_processes(engines)
         await watch.close()
         await database.dispose()
     seconds = max((max(row.finished_at for row in rows) - started).total_seconds(), 1e-6)
@@ -141,13 +141,18 @@ async def _measure(count: int, requests: int, data_dir: Path, base: Any) -> dict
 _ROOT = str(Path(__file__).resolve().parent.parent)
 
 
-def _start_engines(count: int, data_dir: Path, models_dir: Path) -> list[subprocess.Popen[bytes]]:
+def start_engine_processes(
+    count: int, data_dir: Path, models_dir: Path, settings: dict[str, str] | None = None
+) -> list[subprocess.Popen[bytes]]:
+    """``count`` tiny engines (`python -m engine --tiny`) on the queue of ``data_dir``; ``settings``:
+    more ATELIER_* variables for them."""
     env = {
         **os.environ,
         "ATELIER_DATA_DIR": str(data_dir),
         "ATELIER_MODELS_PATH": str(models_dir),
         "ATELIER_TINY": "1",
         "PYTHONPATH": os.pathsep.join(filter(None, [_ROOT, os.environ.get("PYTHONPATH")])),
+        **(settings or {}),
     }
     command = [sys.executable, "-m", "engine", "--tiny"]
     return [
@@ -155,7 +160,7 @@ def _start_engines(count: int, data_dir: Path, models_dir: Path) -> list[subproc
     ]
 
 
-def _stop_engines(engines: list[subprocess.Popen[bytes]]) -> None:
+def stop_engine_processes(engines: list[subprocess.Popen[bytes]]) -> None:
     """SIGTERM, as an operator stops them: each finishes its batch and exits."""
     for engine in engines:
         engine.send_signal(signal.SIGTERM)

@@ -4,8 +4,9 @@
 
 Prints ack latency p50/p99 (dispatch of INTERACTION_CREATE to the interaction callback) and how many
 missed Discord's 3-second deadline. Every request is also enqueued for real (expansion, moderation,
-quota reservation and the job row), so the figure includes the bot's whole front half. Then the tiny
-engine draws every job and the bot delivers it while one webhook call in twenty is answered 429:
+quota reservation and the job row), so the figure includes the bot's whole front half. Then a tiny
+engine, a process of its own as in a deployment (`python -m engine --tiny` on the same database),
+draws every job and the bot delivers it while one webhook call in twenty is answered 429:
 ``lost`` counts jobs never delivered, ``invalid_requests`` the 401/403/429 answers the bot caused
 itself (the injected 429s are reported apart).
 
@@ -45,10 +46,10 @@ async def run(
     from bot.cli.wiring import Services
     from bot.config import Settings
     from bot.db.models import Job
-    from engine.queue.database import Database
-    from engine.queue.sqlite import SqliteQueue
-    from engine.serve import load_pipeline
-    from engine.worker import EngineWorker, WorkerConfig
+    from engine.bench_engines import start_engine_processes, stop_engine_processes
+    from engine.config import TINY_MODEL
+    from engine.pipelines.registry import resolve_model
+    from engine.worker import DEFAULT_BATCH_WAIT_MS
     from migrations import upgrade
     from tests.simulator import DiscordSimulator
 
@@ -63,11 +64,10 @@ async def run(
         services = Services.create(settings)
         bot = AtelierBot(settings, services)
         sim.inject("POST", r"^/webhooks/", 429, retry_after=0.5, times=10**9, every=20)
-        engine_db = Database(settings.db_url)
-        config = WorkerConfig() if batch_wait_ms is None else WorkerConfig(batch_wait_ms=batch_wait_ms)
-        engine = EngineWorker(SqliteQueue(engine_db, settings), load_pipeline(settings), config)
+        resolve_model(TINY_MODEL, settings.models_dir)  # built here once, before the engine starts
+        window = DEFAULT_BATCH_WAIT_MS if batch_wait_ms is None else batch_wait_ms
         overheads: list[float] = []
-        engine_task: asyncio.Task[None] | None = None
+        engines = []
         try:
             async with sim.connect(bot):
                 started = time.perf_counter()
@@ -81,17 +81,16 @@ async def run(
                 queued = time.perf_counter() - started
                 async with services.db.sessions() as session:
                     jobs = (await session.execute(select(func.count()).select_from(Job))).scalar_one()
-                engine_task = asyncio.create_task(engine.run())
-                lost = await _undelivered_after(services, deliver_timeout)
+                engines = start_engine_processes(
+                    1, settings.data_dir, settings.models_dir, {"ATELIER_BATCH_WAIT_MS": str(window)}
+                )
+                lost = await _undelivered_after(services, deliver_timeout, engines)
                 delivered = time.perf_counter() - started
                 if deliver:
                     sim.clear_faults()
                     overheads = await _deliver_one_at_a_time(people, services)
         finally:
-            if engine_task is not None:
-                engine.request_stop()
-                await engine_task
-            await engine_db.dispose()
+            stop_engine_processes(engines)
             await services.close()
             await sim.stop()
     latencies = [i.ack_seconds for i in interactions if i.ack_seconds is not None]
@@ -116,7 +115,7 @@ async def run(
             "deliver_overhead_p95_ms": round(percentile(overheads, 95) * 1000, 1),
             "deliver_overhead_max_ms": round(max(overheads) * 1000, 1),
             "delivered_one_at_a_time": len(overheads),
-            "batch_wait_ms": config.batch_wait_ms,
+            "batch_wait_ms": window,
         }
     return report
 
@@ -140,12 +139,14 @@ async def _deliver_one_at_a_time(people: list[Any], services: Any) -> list[float
     return overheads
 
 
-async def _undelivered_after(services: object, timeout: float) -> int:
+async def _undelivered_after(services: object, timeout: float, engines: list[Any]) -> int:
     """Jobs without a posted message once every job is delivered, or when ``timeout`` runs out."""
     from bot.db.models import Job
 
     deadline = time.monotonic() + timeout
     while True:
+        if any(engine.poll() is not None for engine in engines):
+            raise RuntimeError("the engine process exited")
         async with services.db.sessions() as session:  # type: ignore[attr-defined]
             waiting = (
                 await session.execute(select(func.count()).select_from(Job).where(Job.message_id.is_(None)))
