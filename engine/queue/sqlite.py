@@ -12,7 +12,7 @@ import socket
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import String, case, cast, func, select, text, update
+from sqlalchemy import String, bindparam, case, cast, func, select, text, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -76,6 +76,13 @@ SELECT * FROM (
     WHERE status = 'queued' AND model = :model{i} AND user_id = :user{i} AND +available_at <= :now
     ORDER BY created_at, id LIMIT :take{i}
 )"""
+# Whether a claim could take anything. Read through the lanes' index: a queue full of another model's
+# jobs must not be read row by row (the unary + keeps the planner off ix_jobs_status_available).
+_LOOK_SQL = """
+SELECT EXISTS (SELECT 1 FROM jobs INDEXED BY ix_jobs_lane
+               WHERE status = 'queued' {models} AND +available_at <= :now),
+       EXISTS (SELECT 1 FROM jobs WHERE status = 'running' AND lease_expires_at < :now)
+"""
 # Lanes read per statement: SQLite allows 500 terms in one compound SELECT.
 _LANES_PER_STATEMENT = 100
 
@@ -119,13 +126,18 @@ class SqliteQueue:
             "expires": now + timedelta(seconds=self.settings.lease_seconds),
             "limit": limit,
         }
+        wanted = list(dict.fromkeys(models or []))
+        due, expired = await self._look(now, wanted)
+        if not (due or expired):
+            return []
         async with self.db.transaction() as session:
-            await self._expire_leases(session, now)
-            ids = await self._pick(session, params, list(dict.fromkeys(models or [])))
+            if expired:
+                await self._expire_leases(session, now)
+            ids = await self._pick(session, params, wanted)
             if not ids:
                 return []
             # Picking then updating is atomic: the IMMEDIATE transaction holds the write lock throughout.
-            await session.execute(
+            rows = await session.execute(
                 update(jobs)
                 .where(jobs.c.id.in_(ids))
                 .values(
@@ -135,19 +147,32 @@ class SqliteQueue:
                     lease_expires_at=params["expires"],
                     started_at=func.coalesce(jobs.c.started_at, now),
                 )
-            )
-            rows = await session.execute(
-                select(
+                .returning(
                     jobs.c.id,
                     jobs.c.user_id,
                     jobs.c.attempts,
                     jobs.c.max_attempts,
                     jobs.c.lease_owner,
                     *ledger.SPEC_COLUMNS,
-                ).where(jobs.c.id.in_(ids))
+                )
             )
             claimed = {row.id: _claimed(row) for row in rows}
         return [claimed[job_id] for job_id in ids]
+
+    async def _look(self, now: datetime, models: list[str]) -> tuple[bool, bool]:
+        """(a due job of these models, a lease run out): whether a claim could take anything, and
+        whether it must expire leases first. A read, so it never waits for the write lock nor holds
+        it: engines look after every commit (most of them a submit, a progress step or a result, not
+        work for them), and an empty claim must not make the member whose result is being recorded
+        wait behind it."""
+        statement = text(_LOOK_SQL.format(models="AND model IN :models" if models else ""))
+        values: dict[str, Any] = {"now": now}
+        if models:
+            statement = statement.bindparams(bindparam("models", expanding=True))
+            values["models"] = models
+        async with self.db.sessions() as session:
+            due, expired = (await session.execute(statement, values)).one()
+        return bool(due), bool(expired)
 
     async def _pick(self, session: AsyncSession, params: dict[str, Any], models: list[str]) -> list[str]:
         """The ids of the jobs to claim, in fair order (see fair_order), read lane by lane.

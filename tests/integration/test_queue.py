@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 
 import pytest
 from sqlalchemy import select, update
@@ -32,6 +33,20 @@ async def test_concurrent_claims_from_separate_connections_never_share_a_job(
         for db in databases:
             await db.dispose()
     assert sorted(claimed) == sorted(ids)
+
+
+async def test_a_claim_with_nothing_due_never_waits_for_the_write_lock(database: Database, settings: Settings) -> None:
+    # Engines look after every commit; when there is nothing for them, a result being recorded (or a
+    # member's submit) must not queue behind their look.
+    await add_job(database, model="another/model")  # queued, but not for this engine
+    holder = sqlite3.connect(settings.data_dir / "atelier.db", timeout=0)
+    try:
+        holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        claim = SqliteQueue(database, settings).claim("w", models=["atelier/tiny-sd"])
+        assert await asyncio.wait_for(claim, 5) == []
+    finally:
+        holder.rollback()
+        holder.close()
 
 
 async def test_an_idle_engine_wakes_for_a_new_job_before_its_poll_interval(
