@@ -106,6 +106,9 @@ class Resolved:
     # Whether the member, their /settings or the server chose how to expand (raw, presets): if not,
     # a server that learns variants lets its bandit choose.
     expansion_chosen: bool = False
+    # The guild's and the member's rows were there when the request was screened: submit need not
+    # write them.
+    on_record: bool = False
 
 
 @dataclass(frozen=True)
@@ -323,17 +326,19 @@ class JobService:
     async def screen(self, request: ImagineRequest) -> tuple[Guild | None, Resolved]:
         """Everything that can refuse a request before any model time is spent on it (a ban, a bad
         option, moderation, the quota), writing nothing but a refused prompt's moderation event."""
+        # One read transaction for all of it: each one costs a round trip of its own.
         async with self.db.sessions() as session:
             # The guild is read once per request: the checks below and the reservation all use this copy.
             guild = await session.get(Guild, request.guild_id)
             member = await session.get(Member, (request.guild_id, request.user_id))
-        if member is not None and member.banned:
-            raise PolicyRefused("errors.banned")
-        preferences = dict(member.preferences) if member is not None and member.preferences else {}
-        resolved = self.validate(request, guild, preferences)
-        spec = resolved.spec
-        await self._check_policy(request, guild, spec.member_prompt)
-        async with self.db.sessions() as session:
+            if member is not None and member.banned:
+                raise PolicyRefused("errors.banned")
+            preferences = dict(member.preferences) if member is not None and member.preferences else {}
+            resolved = replace(
+                self.validate(request, guild, preferences), on_record=guild is not None and member is not None
+            )
+            spec = resolved.spec
+            await self._check_policy(request, guild, spec.member_prompt)
             await self.quota.check(
                 session,
                 guild,
@@ -365,7 +370,8 @@ class JobService:
         spec = replace(spec, model_prompt=expansion.model_prompt, negative_prompt=expansion.negative)
         job_id = uuid.uuid4().hex
         async with self.db.transaction() as session:
-            await self._ensure_member(session, request)
+            if not resolved.on_record:
+                await self._ensure_member(session, request)
             await self.quota.reserve(
                 session,
                 guild=guild,
