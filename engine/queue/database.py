@@ -9,6 +9,7 @@ import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import aiosqlite
 from sqlalchemy import event
@@ -22,8 +23,12 @@ log = logging.getLogger(__name__)
 BUSY_TIMEOUT_MS = 30_000
 WRITE_OPTION = "atelier_write"
 # How often a CommitWatch looks for a commit by another connection. A look is one read of a counter on
-# a connection of its own (no lock, no transaction), so it can be frequent.
+# a connection of its own (no lock, no transaction), so it can be frequent. Where the kernel reports
+# changes to the database's files (inotify), a commit wakes the watch at once and the looks are only
+# a backstop: every commit writes the WAL file, and WAL works only between processes of one host,
+# where inotify sees every write.
 WATCH_SECONDS = 0.01
+WATCH_SECONDS_WITH_NOTICES = 0.25
 
 
 def create_engine(url: str) -> AsyncEngine:
@@ -117,6 +122,7 @@ class CommitWatch:
         self.file = watched if watched and watched != ":memory:" else None
         self._connection: aiosqlite.Connection | None = None
         self._seen: int | None = None
+        self._notices: FileNotices | None = None
 
     async def wait(self, timeout: float, stop: asyncio.Event) -> bool:
         """True as soon as a commit has landed since the last return (the first call only takes note
@@ -134,7 +140,10 @@ class CommitWatch:
             return True
         deadline = time.monotonic() + timeout
         while not stop.is_set() and (remaining := deadline - time.monotonic()) > 0:
-            await wait_for_event(stop, min(WATCH_SECONDS, remaining))
+            if self._notices is not None:
+                await self._notices.wait(min(WATCH_SECONDS_WITH_NOTICES, remaining), stop)
+            else:
+                await wait_for_event(stop, min(WATCH_SECONDS, remaining))
             version = await self._version()
             if version != self._seen:
                 self._seen = version
@@ -145,6 +154,8 @@ class CommitWatch:
         if self.file is None:
             return None
         if self._connection is None:
+            # Notices first: a commit between the two is then seen by the first read of the counter.
+            self._notices = FileNotices.of(Path(self.file))
             self._connection = await aiosqlite.connect(self.file, isolation_level=None)
         async with self._connection.execute("PRAGMA data_version") as cursor:
             row = await cursor.fetchone()
@@ -153,5 +164,67 @@ class CommitWatch:
     async def close(self) -> None:
         # aiosqlite's thread is not a daemon: a connection left open would keep the process alive.
         connection, self._connection, self._seen = self._connection, None, None
+        notices, self._notices = self._notices, None
+        if notices is not None:
+            notices.close()
         if connection is not None:
             await connection.close()
+
+
+class FileNotices:
+    """The kernel's word (inotify) that a database's files were written: a nudge to read the commit
+    counter now, never taken as a commit itself (a reader's lock file or a checkpoint writes too)."""
+
+    def __init__(self, inotify: Any, names: set[str]) -> None:
+        self._inotify = inotify
+        self._names = names
+
+    @classmethod
+    def of(cls, database: Path) -> FileNotices | None:
+        """Notices for this database file, or None where the system gives none (not Linux)."""
+        try:
+            from asyncinotify import Inotify, Mask
+
+            inotify = Inotify(sync_timeout=0)  # sync_get: the notices already in, without waiting
+        except Exception:  # no asyncinotify off Linux, or no inotify in this kernel
+            log.debug("no file notices here: the database watch polls", exc_info=True)
+            return None
+        try:
+            # The folder, not the files: the WAL file comes and goes with the connections.
+            inotify.add_watch(database.parent, Mask.MODIFY | Mask.CREATE | Mask.MOVED_TO)
+        except OSError:
+            inotify.close()
+            log.debug("cannot watch %s: the database watch polls", database.parent, exc_info=True)
+            return None
+        return cls(inotify, {database.name, f"{database.name}-wal"})
+
+    async def wait(self, timeout: float, stop: asyncio.Event) -> None:
+        """Until one of the database's files is written, ``stop`` is set, or ``timeout`` passes; at
+        once if one was written since the last wait."""
+        if self._drain():
+            return
+        stopped = asyncio.ensure_future(stop.wait())
+        written = asyncio.ensure_future(self._written())
+        try:
+            await asyncio.wait({stopped, written}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            written.cancel()
+
+    async def _written(self) -> None:
+        while not self._about_the_database(await self._inotify.get()):
+            pass
+
+    def _drain(self) -> bool:
+        """Take every notice already in (a commit writes many pages: one look covers them all); True
+        if one was about the database's files."""
+        written = False
+        while (event := self._inotify.sync_get()) is not None:
+            written = self._about_the_database(event) or written
+        return written
+
+    def _about_the_database(self, event: Any) -> bool:
+        return event.name is not None and event.name.name in self._names
+
+    def close(self) -> None:
+        self._inotify.close()

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import sys
 
 import pytest
 from sqlalchemy import select, update
 
 from bot.config import Settings
 from bot.db.models import Job
+from engine.queue import database as database_module
 from engine.queue.database import Database
 from engine.queue.sqlite import SqliteQueue
 from tests.factories import add_job
@@ -49,9 +51,18 @@ async def test_a_claim_with_nothing_due_never_waits_for_the_write_lock(database:
         holder.close()
 
 
+@pytest.mark.parametrize("wake", ["file notices", "looks"])
 async def test_an_idle_engine_wakes_for_a_new_job_before_its_poll_interval(
-    database: Database, settings: Settings
+    database: Database, settings: Settings, monkeypatch: pytest.MonkeyPatch, wake: str
 ) -> None:
+    if wake == "file notices":
+        if sys.platform != "linux":
+            pytest.skip("inotify is Linux's")
+        # Only the kernel's notice can end the wait in time: the watch's own looks are ten minutes apart.
+        monkeypatch.setattr(database_module, "WATCH_SECONDS_WITH_NOTICES", 600.0)
+    else:
+        # No notices (as off Linux): the watch's frequent looks find the commit.
+        monkeypatch.setattr(database_module.FileNotices, "of", classmethod(lambda cls, path: None))
     queue = SqliteQueue(database, settings)
     stop = asyncio.Event()
     await asyncio.wait_for(queue.wait_for_work(600, stop), 30)  # the first call notes where the database is
