@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 from collections.abc import Callable
 from typing import Any
 
@@ -62,10 +63,17 @@ def cmd_bot(args: argparse.Namespace) -> int:
             from engine.metrics import serve_metrics
 
             metrics_server = serve_metrics(services.metrics.registry, settings.metrics_port, settings.metrics_host)
+        # SIGTERM (docker stop, systemd) closes the bot as Ctrl-C does: deliveries in flight finish
+        # and are recorded, so no result is left claimed but never posted.
+        loop = asyncio.get_running_loop()
+        closing: set[asyncio.Task[None]] = set()
+        loop.add_signal_handler(signal.SIGTERM, lambda: closing.add(asyncio.create_task(bot.close())))
         try:
             async with bot:
                 await bot.start(settings.discord_token.get_secret_value())  # type: ignore[union-attr]
+            await asyncio.gather(*closing)
         finally:
+            loop.remove_signal_handler(signal.SIGTERM)
             if metrics_server is not None:
                 metrics_server.close()
             await services.close()

@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import io
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
@@ -16,11 +20,12 @@ from bot.app import ShardedAtelierBot, create_bot
 from bot.cli.wiring import Services
 from bot.db.models import Job
 from bot.services.delivery import shard_of
-from engine.queue.redis import RedisQueue
-from engine.worker import EngineWorker, WorkerConfig
+from engine.queue.database import Database
 from tests.e2e.conftest import Harness
 from tests.redis_server import redis_server  # noqa: F401  (fixture)
 from tests.simulator.sim import MessageState
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _is_result(message: MessageState) -> bool:
@@ -80,58 +85,85 @@ async def test_the_simulator_closes_a_connection_that_identifies_with_an_impossi
         assert ws.close_code == 4010
 
 
-async def test_two_bots_and_three_engines_on_one_redis_lose_nothing_and_answer_each_interaction_once(
-    harness: Harness, request: pytest.FixtureRequest
+async def test_two_bot_processes_and_three_engines_on_one_redis_lose_nothing_and_answer_each_interaction_once(
+    harness: Harness,
+    database: Database,
+    settings_env: dict[str, str],
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
 ) -> None:
-    """Two bot clients (one shard each) pump results from one Redis and three engines take the jobs;
-    each result is applied once, and posted once, by the client holding its interaction."""
+    """`atelier bot` twice (one shard each) and `python -m engine` three times, each a process of its
+    own, as deployed: they share nothing but Redis and the database. Every job runs once, and its result
+    is posted once, as a follow-up, by the process holding its interaction."""
     url = request.getfixturevalue("redis_server")
     flush = aioredis.from_url(url)
     await flush.flushall()
     await flush.aclose()
     guilds = [harness.sim.add_guild(f"shard {shard}", shard=(shard, 2)) for shard in (0, 1)]
     members = [guild.add_member(f"member {i} of shard {shard}") for shard, guild in enumerate(guilds) for i in range(3)]
-    harness.settings.sync_commands = True
-    bots, made = [], []
-    for shard in (0, 1):
-        settings = harness.settings.model_copy(update={"shard_count": 2, "shard_ids": [shard], "queue_url": url})
-        services = Services.create(settings)
-        assert isinstance(services.queue, RedisQueue)
-        made.append(services)
-        bots.append(create_bot(settings, services, guild_ready_timeout=0.05))
-    engine_settings = harness.settings.model_copy(update={"queue_url": url})
-    engines = [
-        EngineWorker(
-            RedisQueue(url, settings=engine_settings),  # engines share nothing with the bots but Redis
-            harness.pipeline,  # type: ignore[arg-type]
-            WorkerConfig(heartbeat_seconds=0.3, poll_seconds=0.05, batch_wait_ms=0.0),
-        )
-        for _ in range(3)
-    ]
-    working = [asyncio.create_task(engine.run()) for engine in engines]
+    env = {
+        **settings_env,
+        "ATELIER_TINY": "1",  # the bots ask for the tiny model the engines serve
+        "ATELIER_QUEUE_URL": url,
+        "ATELIER_DISCORD_TOKEN": harness.sim.token,
+        "ATELIER_SYNC_COMMANDS": "1",
+        "ATELIER_SHARD_COUNT": "2",
+        "ATELIER_BATCH_WAIT_MS": "0",
+    }
+    logs = {name: tmp_path / f"{name}.log" for name in ("bot-0", "bot-1", "engine-0", "engine-1", "engine-2")}
+    commands = {
+        **{
+            f"bot-{shard}": [sys.executable, "-m", "tests.simulator.bot_process", harness.sim.base_url]
+            for shard in (0, 1)
+        },
+        **{f"engine-{i}": [sys.executable, "-m", "engine", "--tiny"] for i in range(3)},
+    }
+    processes: dict[str, subprocess.Popen[bytes]] = {}
     try:
-        async with harness.sim.connect(bots[0]), harness.sim.connect(bots[1]):
-            asked = await asyncio.gather(
-                *(member.slash("imagine", prompt=f"a harbour at dawn, view {i}") for i, member in enumerate(members))
-            )
-            for interaction in asked:
-                result = await interaction.wait_followup(_is_result, timeout=120)
-                with Image.open(io.BytesIO(result.attachments[0].data)) as image:
-                    image.load()
-            for interaction in asked:
-                assert len([m for m in interaction.followups if _is_result(m)]) == 1
-            assert not [m for m in harness.sim.messages.values() if m.interaction_id is None and _is_result(m)]
-        # Closed: each bot finished the deliveries it had in flight, their message ids recorded.
-        async with made[0].db.sessions() as session:
-            rows = (await session.execute(select(Job.status, Job.message_id))).all()
+        for name, command in commands.items():
+            shard = {"ATELIER_SHARD_IDS": name.removeprefix("bot-")} if name.startswith("bot-") else {}
+            with logs[name].open("wb") as log:
+                processes[name] = subprocess.Popen(command, env={**env, **shard}, cwd=ROOT, stdout=log, stderr=log)
+
+        def gone() -> str:
+            ended = [name for name, process in processes.items() if process.poll() is not None]
+            return "; ".join(f"{name} exited: {logs[name].read_text()[-2000:]}" for name in ended)
+
+        async with asyncio.timeout(180):
+            # Both shards connected and the commands synced: the members can use /imagine.
+            while harness.sim.connected_shards() != {(0, 2), (1, 2)} or not harness.sim.commands.get(None):
+                assert not gone(), gone()
+                await asyncio.sleep(0.1)
+        asked = await asyncio.gather(
+            *(member.slash("imagine", prompt=f"a harbour at dawn, view {i}") for i, member in enumerate(members))
+        )
+        for interaction in asked:
+            result = await interaction.wait_followup(_is_result, timeout=180)
+            with Image.open(io.BytesIO(result.attachments[0].data)) as image:
+                image.load()
+                assert min(image.size) >= 64
+        for name in ("bot-0", "bot-1"):
+            processes[name].send_signal(signal.SIGTERM)  # as docker stop: deliveries in flight finish
+        for name in ("bot-0", "bot-1"):
+            # Waited for off the event loop: the simulator runs on it and answers the bots' last calls.
+            exit_code = await asyncio.wait_for(asyncio.to_thread(processes[name].wait), 60)
+            assert exit_code == 0, logs[name].read_text()[-2000:]
+        for interaction in asked:
+            assert len([m for m in interaction.followups if _is_result(m)]) == 1
+        # Another process holds no interaction to answer: it would have posted in the channel instead.
+        assert not [m for m in harness.sim.messages.values() if m.interaction_id is None and _is_result(m)]
+        async with database.sessions() as session:
+            rows = (await session.execute(select(Job.status, Job.message_id, Job.attempts))).all()
         assert len(rows) == len(members)
         assert all(row.status == "succeeded" and row.message_id is not None for row in rows)
-        assert sum(engine.completed for engine in engines) == len(members)  # each job ran once
+        assert all(row.attempts == 1 for row in rows)  # each job ran once: no lease was lost or stolen
     finally:
-        for engine in engines:
-            engine.request_stop()
-        await asyncio.gather(*working)
-        for engine in engines:
-            await engine.queue.close()
-        for services in made:
-            await services.close()
+        for process in processes.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in processes.values():
+            try:
+                await asyncio.wait_for(asyncio.to_thread(process.wait), 60)
+            except TimeoutError:
+                process.kill()
+                process.wait()

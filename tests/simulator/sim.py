@@ -745,6 +745,10 @@ class DiscordSimulator:
             self._shard_of_socket.pop(ws, None)
         return ws
 
+    def connected_shards(self) -> set[tuple[int, int]]:
+        """(shard id, shard count) of each live gateway connection."""
+        return set(self._shard_of_socket.values())
+
     @staticmethod
     def shard_of(guild_id: int, shard_count: int) -> int:
         """Discord's rule: a guild's events and interactions go to shard (guild_id >> 22) % shard_count."""
