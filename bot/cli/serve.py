@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
-from collections.abc import Callable
+import threading
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from bot.cli.wiring import Services, settings_from
@@ -63,17 +65,10 @@ def cmd_bot(args: argparse.Namespace) -> int:
             from engine.metrics import serve_metrics
 
             metrics_server = serve_metrics(services.metrics.registry, settings.metrics_port, settings.metrics_host)
-        # SIGTERM (docker stop, systemd) closes the bot as Ctrl-C does: deliveries in flight finish
-        # and are recorded, so no result is left claimed but never posted.
-        loop = asyncio.get_running_loop()
-        closing: set[asyncio.Task[None]] = set()
-        loop.add_signal_handler(signal.SIGTERM, lambda: closing.add(asyncio.create_task(bot.close())))
         try:
-            async with bot:
+            async with bot, _closed_on_sigterm(bot):
                 await bot.start(settings.discord_token.get_secret_value())  # type: ignore[union-attr]
-            await asyncio.gather(*closing)
         finally:
-            loop.remove_signal_handler(signal.SIGTERM)
             if metrics_server is not None:
                 metrics_server.close()
             await services.close()
@@ -85,6 +80,24 @@ def cmd_bot(args: argparse.Namespace) -> int:
     except (discord.LoginFailure, discord.PrivilegedIntentsRequired, discord.ConnectionClosed) as error:
         raise gateway_failure(error) from None
     return 0
+
+
+@contextlib.asynccontextmanager
+async def _closed_on_sigterm(bot: Any) -> AsyncIterator[None]:
+    """SIGTERM (docker stop, systemd) closes the bot as Ctrl-C does: the posts under way finish and are
+    recorded, so no result is left claimed but never posted. Only the main thread may take signals;
+    elsewhere (a caller running the bot in a thread of its own) the caller keeps them."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    closing: set[asyncio.Task[None]] = set()
+    loop.add_signal_handler(signal.SIGTERM, lambda: closing.add(asyncio.create_task(bot.close())))
+    try:
+        yield
+        await asyncio.gather(*closing)
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
 
 
 # Discord's gateway close codes after which reconnecting cannot help (discord-api-docs, Gateway close event codes).
