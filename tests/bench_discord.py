@@ -17,7 +17,7 @@ image, one request in flight at a time, so no job waits behind another. ``delive
 ``_p95_ms`` are the time from the interaction's dispatch to the result's follow-up minus the engine's
 compute time for that job (its ``gpu_seconds``): deferral, expansion, enqueue, the engine noticing the
 job and gathering a batch (``batch_wait_ms``, the engine's setting), recording the result, the bot
-noticing it, reading and uploading the image.
+noticing it, reading and uploading the image. ``deliver_stages_p50_ms`` takes it apart (see STAGES).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import logging
 import os
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,9 @@ from sqlalchemy import func, select
 from engine.timing import percentile
 
 DEADLINE = 3.0
+# A delivery taken apart: interaction → job row written (defer, screening, expansion, quota), → claimed
+# by the engine, → result recorded (less the compute), → follow-up posted.
+STAGES = ("to_queued", "to_claimed", "engine_beyond_compute", "to_follow_up")
 
 
 async def run(
@@ -67,6 +71,7 @@ async def run(
         resolve_model(TINY_MODEL, settings.models_dir)  # built here once, before the engine starts
         window = DEFAULT_BATCH_WAIT_MS if batch_wait_ms is None else batch_wait_ms
         overheads: list[float] = []
+        stages: dict[str, list[float]] = {}
         engines = []
         try:
             async with sim.connect(bot):
@@ -88,7 +93,7 @@ async def run(
                 delivered = time.perf_counter() - started
                 if deliver:
                     sim.clear_faults()
-                    overheads = await _deliver_one_at_a_time(people, services)
+                    overheads, stages = await _deliver_one_at_a_time(people, services)
         finally:
             stop_engine_processes(engines)
             await services.close()
@@ -116,27 +121,44 @@ async def run(
             "deliver_overhead_max_ms": round(max(overheads) * 1000, 1),
             "delivered_one_at_a_time": len(overheads),
             "batch_wait_ms": window,
+            "deliver_stages_p50_ms": {name: round(percentile(values, 50) * 1000, 1) for name, values in stages.items()},
         }
     return report
 
 
-async def _deliver_one_at_a_time(people: list[Any], services: Any) -> list[float]:
-    """Each member in turn asks for one image and waits for it: the delivery overhead of each."""
+async def _deliver_one_at_a_time(people: list[Any], services: Any) -> tuple[list[float], dict[str, list[float]]]:
+    """Each member in turn asks for one image and waits for it: the delivery overhead of each, and the
+    stages it took apart, from the job's own timestamps (bot and engine share this machine's clock)."""
     from bot.db.models import Job
 
     overheads = []
+    stages: dict[str, list[float]] = {name: [] for name in STAGES}
+    # The simulator's times are monotonic, the job's wall-clock UTC.
+    wall_minus_monotonic = time.time() - time.monotonic()
     for i, person in enumerate(people):
         interaction = await person.slash("imagine", prompt=f"a lighthouse at dusk, study {i}")
         result = await interaction.wait_followup(lambda m: bool(m.attachments), timeout=120)
         posted = interaction.followup_times[interaction.followups.index(result)]
         async with services.db.sessions() as session:
-            gpu_seconds = (
+            job = (
                 await session.execute(
-                    select(Job.gpu_seconds).where(Job.user_id == person.id).order_by(Job.created_at.desc()).limit(1)
+                    select(Job.created_at, Job.started_at, Job.finished_at, Job.gpu_seconds)
+                    .where(Job.user_id == person.id)
+                    .order_by(Job.created_at.desc())
+                    .limit(1)
                 )
-            ).scalar_one()
-        overheads.append(posted - interaction.dispatched_at - float(gpu_seconds or 0.0))
-    return overheads
+            ).one()
+        gpu_seconds = float(job.gpu_seconds or 0.0)
+        overheads.append(posted - interaction.dispatched_at - gpu_seconds)
+
+        def at(moment: datetime) -> float:
+            return moment.replace(tzinfo=UTC).timestamp() - wall_minus_monotonic
+
+        stages["to_queued"].append(at(job.created_at) - interaction.dispatched_at)
+        stages["to_claimed"].append(at(job.started_at) - at(job.created_at))
+        stages["engine_beyond_compute"].append(at(job.finished_at) - at(job.started_at) - gpu_seconds)
+        stages["to_follow_up"].append(posted - at(job.finished_at))
+    return overheads, stages
 
 
 async def _undelivered_after(services: object, timeout: float, engines: list[Any]) -> int:
