@@ -339,7 +339,10 @@ class MemberState:
             raise AssertionError("that interaction did not open a modal")
         rows = [{"type": 1, "components": [{"type": 4, "custom_id": k, "value": v}]} for k, v in values.items()]
         data = {"custom_id": modal["custom_id"], "components": rows}
-        return await self.sim.dispatch_interaction(self, 5, data, after.channel, message=after.message)
+        # Submitted from the client that opened the form, so in its language.
+        return await self.sim.dispatch_interaction(
+            self, 5, data, after.channel, message=after.message, locale=after.locale
+        )
 
     async def react(self, message: MessageState, emoji: str) -> None:
         message.reactions.setdefault(emoji, set()).add(self.id)
@@ -451,6 +454,8 @@ class InteractionRecord:
     # When each of ``followups`` was posted (time.monotonic()), for latency benchmarks.
     followup_times: list[float] = field(default_factory=list)
     modal: dict[str, Any] | None = None
+    # The member's Discord client language, which every interaction from that client carries.
+    locale: str = "en-US"
 
     @property
     def ack_seconds(self) -> float | None:
@@ -931,6 +936,7 @@ class DiscordSimulator:
             time.monotonic(),
             self.now(),
             message=message,
+            locale=locale,
         )
         self.interactions[record.token] = record
         payload = {
