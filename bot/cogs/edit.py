@@ -13,6 +13,7 @@ from bot.services.edit_plans import MAX_INSTRUCTION_CHARS
 from bot.services.edits import SourceImage
 from bot.ui.attachments import check_attachment, image_of, source_from
 from bot.ui.edit_views import EditImageModal, MagicEditButton, submit_edit
+from bot.ui.translator import locale_of
 from engine.contract import SEED_LIMIT
 
 if TYPE_CHECKING:
@@ -63,7 +64,8 @@ class EditCog(commands.Cog):
         async def load(submitted: discord.Interaction, index: int) -> SourceImage:
             return await source_from(self.bot, submitted, attachment)
 
-        await interaction.response.send_modal(EditImageModal(f"atelier:edit-message:{message.id}", load))
+        modal = EditImageModal(f"atelier:edit-message:{message.id}", load, locale=locale_of(interaction))
+        await interaction.response.send_modal(modal)
 
 
 async def setup(bot: AtelierBot) -> None:

@@ -17,7 +17,6 @@ from bot.services.delivery import DEFAULT_UPLOAD_LIMIT, Attachment, blur, fit_up
 from bot.services.edits import failure_text
 from bot.services.jobs import discard_preview
 from bot.services.records import JobRecord
-from bot.ui.edit_texts import text
 from bot.ui.messages import result_embed
 from bot.ui.translator import guild_locale, locale_of
 from bot.ui.views import result_view
@@ -170,11 +169,14 @@ async def _describe_reply(bot: AtelierBot, job: JobRecord, channel_nsfw: bool, l
         description = await bot.services.edits.describe(job, channel_nsfw=channel_nsfw)
     except PolicyRefused as refused:
         return Reply(content=refused.localized(locale))
-    lines = [text("describe_prompt", number=i + 1, prompt=prompt[:400]) for i, prompt in enumerate(description.prompts)]
+    lines = [
+        i18n.text(locale, "edit.describe_prompt", number=i + 1, prompt=prompt[:400])
+        for i, prompt in enumerate(description.prompts)
+    ]
     embed = discord.Embed(
-        title=text("describe_title"),
+        title=i18n.text(locale, "edit.describe_title"),
         description=f"*{discord.utils.escape_markdown(description.caption)}*\n\n" + "\n".join(lines),
         colour=discord.Colour.blurple(),
     )
-    embed.set_footer(text=text("describe_footer", job_id=job.id))
+    embed.set_footer(text=i18n.text(locale, "edit.describe_footer", job_id=job.id))
     return Reply(embed=embed, view=result_view(job))

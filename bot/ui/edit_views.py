@@ -10,11 +10,12 @@ from typing import TYPE_CHECKING
 
 import discord
 
+from bot import i18n
 from bot.errors import AtelierError, InvalidRequest
 from bot.services.edits import SourceImage
 from bot.services.records import JobRecord
-from bot.ui.edit_texts import text
-from bot.ui.replies import member_context, reply_error, request_from
+from bot.ui.replies import member_context, reply_refusal, request_from
+from bot.ui.translator import locale_of
 from bot.ui.views import JOB_ID, _AnswersErrors, _JobButton, announce, defer_quietly, submit_and_track
 
 if TYPE_CHECKING:
@@ -25,13 +26,14 @@ log = logging.getLogger(__name__)
 SourceLoader = Callable[[discord.Interaction], Awaitable[SourceImage]]
 
 
-def edit_header(job: JobRecord) -> str:
+def edit_header(job: JobRecord, locale: str = i18n.DEFAULT_LOCALE) -> str:
     plan = job.plan or {}
     if plan.get("mode") == "repair":
-        mode = text("mode_repair", action=plan.get("action", "edit"), target=plan.get("target", ""))
+        mode = i18n.text(locale, "edit.mode_repair", action=plan.get("action", "edit"), target=plan.get("target", ""))
     else:
-        mode = text("mode_instruction")
-    return text("edit_header", instruction=discord.utils.escape_markdown(job.member_prompt[:200]), mode=mode)
+        mode = i18n.text(locale, "edit.mode_instruction")
+    instruction = discord.utils.escape_markdown(job.member_prompt[:200])
+    return i18n.text(locale, "edit.header", instruction=instruction, mode=mode)
 
 
 def member_of(interaction: discord.Interaction) -> dict[str, object]:
@@ -46,27 +48,32 @@ async def submit_edit(
     """Shared by /edit, the 🪄 form and "Edit with Atelier"."""
     member = member_of(interaction)
     job = await bot.services.edits.submit_edit(instruction, source, **options, **member)  # type: ignore[arg-type]
-    await announce(bot, interaction, job, edit_header(job))
+    await announce(bot, interaction, job, edit_header(job, locale_of(interaction)))
 
 
 async def submit_describe(bot: AtelierBot, interaction: discord.Interaction, source: SourceImage) -> None:
     member = member_of(interaction)
     job = await bot.services.edits.submit_describe(source, **member)  # type: ignore[arg-type]
-    await announce(bot, interaction, job, text("describe_header"))
+    await announce(bot, interaction, job, i18n.text(locale_of(interaction), "edit.describe_header"))
 
 
 class EditImageModal(discord.ui.Modal):
     """Asks for the instruction (and, on a grid, which image), then edits that image."""
 
     def __init__(
-        self, custom_id: str, load_source: Callable[[discord.Interaction, int], Awaitable[SourceImage]], count: int = 1
+        self,
+        custom_id: str,
+        load_source: Callable[[discord.Interaction, int], Awaitable[SourceImage]],
+        count: int = 1,
+        *,
+        locale: str = i18n.DEFAULT_LOCALE,
     ) -> None:
-        super().__init__(title=text("modal_title"), custom_id=custom_id)
+        super().__init__(title=i18n.text(locale, "edit.modal_title"), custom_id=custom_id)
         self.load_source = load_source
         self.count = count
         self.instruction: discord.ui.TextInput[EditImageModal] = discord.ui.TextInput(
-            label=text("instruction_label"),
-            placeholder=text("instruction_placeholder"),
+            label=i18n.text(locale, "edit.instruction_label"),
+            placeholder=i18n.text(locale, "edit.instruction_placeholder"),
             style=discord.TextStyle.paragraph,
             max_length=400,
             custom_id="instruction",
@@ -75,7 +82,10 @@ class EditImageModal(discord.ui.Modal):
         self.image_number: discord.ui.TextInput[EditImageModal] | None = None
         if count > 1:
             self.image_number = discord.ui.TextInput(
-                label=text("image_number_label", count=count), default="1", max_length=1, custom_id="image"
+                label=i18n.text(locale, "edit.image_number_label", count=count),
+                default="1",
+                max_length=1,
+                custom_id="image",
             )
             self.add_item(self.image_number)
 
@@ -95,7 +105,7 @@ class EditImageModal(discord.ui.Modal):
 
     async def on_error(self, interaction: discord.Interaction, error: Exception) -> None:
         if isinstance(error, AtelierError):
-            await reply_error(interaction, str(error))
+            await reply_refusal(interaction, error)  # in the member's language, as from a command
             return
         await super().on_error(interaction, error)
 
@@ -116,7 +126,8 @@ class MagicEditButton(_JobButton, template=r"atelier:wand:" + JOB_ID):  # type: 
             bot: AtelierBot = submitted.client  # type: ignore[assignment]
             return await bot.services.edits.source_of(job_id, index)
 
-        await interaction.response.send_modal(EditImageModal(f"atelier:wand-modal:{job.id}", load, len(job.images)))
+        modal = EditImageModal(f"atelier:wand-modal:{job.id}", load, len(job.images), locale=locale_of(interaction))
+        await interaction.response.send_modal(modal)
 
 
 class DescribePromptButton(  # type: ignore[call-arg]

@@ -68,6 +68,18 @@ async def test_a_chinese_member_reads_refusals_help_and_results_in_chinese(runni
     refused = await (await running.admin.click(result, delete, locale=ZH)).wait_ack()
     assert refused["data"]["content"] == "只有请求这张图的成员或管理员可以删除它。"
 
+    # The 🪄 form, and the status of the edit it queues, in Chinese too.
+    wand = next(c for c in result.custom_ids if c.startswith("atelier:wand:"))
+    opened = await running.member.click(result, wand, locale=ZH)
+    assert (await opened.wait_ack())["type"] == 9
+    assert opened.modal is not None and opened.modal["title"] == "用 Atelier 编辑"
+    labels = [c["label"] for row in opened.modal["components"] for c in row["components"]]
+    count = len(result.custom_ids and [c for c in result.custom_ids if c.startswith("atelier:upscale:")])
+    assert labels == ["要改什么？"] + ([f"第几张图（1–{count}）"] if count > 1 else [])
+    submitted = await running.member.submit_modal(opened, {"instruction": "改成冬天"})
+    status = await submitted.wait_followup(lambda m: "整张图的编辑" in m.content)
+    assert status.content.startswith("🪄 **改成冬天**")
+
 
 async def test_the_waiting_status_and_a_quota_refusal_are_in_chinese(running: Harness) -> None:
     await (await running.admin.slash("atelier quota set", images_per_day=4, member=running.member)).wait_ack()
