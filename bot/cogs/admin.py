@@ -15,14 +15,6 @@ from discord.ext import commands
 
 from bot.errors import InvalidRequest, PolicyRefused
 from bot.services.expansion import STYLES
-from bot.texts import (
-    BEST_OF_HELP,
-    DISABLE_VARIANTS_HELP,
-    LEARN_VARIANTS_HELP,
-    PIN_VARIANT_HELP,
-    SCORING_HELP,
-    VARIANTS_UPDATED,
-)
 from bot.ui.options import style_suggestions
 from bot.ui.translator import relative_time, say
 
@@ -126,8 +118,8 @@ class AdminCog(commands.GroupCog, group_name="atelier", group_description="Confi
         max_steps="Most denoising steps a request may ask for",
         grid_size="Images per request unless a member says otherwise (1–4)",
         banned_words="Comma-separated words refused in prompts (replaces the list)",
-        best_of=BEST_OF_HELP,
-        scoring=SCORING_HELP,
+        best_of="Draw 1-8 candidates per image, keep the best-scored. All candidates are charged to the member.",
+        scoring="Score every image and order grids by it (off: nothing is scored and best_of stays 1)",
     )
     @app_commands.autocomplete(style=style_suggestions)
     async def config_set(
@@ -205,7 +197,11 @@ class AdminCog(commands.GroupCog, group_name="atelier", group_description="Confi
         await self._run(interaction, run)
 
     @app_commands.command(name="variants", description="How the server learns which prompt expansion members like")
-    @app_commands.describe(learn=LEARN_VARIANTS_HELP, pin=PIN_VARIANT_HELP, disable=DISABLE_VARIANTS_HELP)
+    @app_commands.describe(
+        learn="Learn from ratings which expansion variant members like (when they chose none)",
+        pin="Always use this variant: concise, rich, presets or raw; auto lets ratings decide",
+        disable="Comma-separated variants never tried (replaces the list; none clears it)",
+    )
     @app_commands.choices(
         pin=[app_commands.Choice(name=name, value=name) for name in ("auto", "concise", "rich", "presets", "raw")]
     )
@@ -230,7 +226,7 @@ class AdminCog(commands.GroupCog, group_name="atelier", group_description="Confi
                 disabled=disabled,
             )
             return (
-                VARIANTS_UPDATED.format(changes=json.dumps(changes))
+                say(interaction, "quality.variants_updated", changes=json.dumps(changes))
                 if changes
                 else say(interaction, "admin.nothing_to_change")
             )

@@ -9,7 +9,6 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot import texts
 from bot.errors import InvalidRequest
 from bot.services.delivery import DEFAULT_UPLOAD_LIMIT
 from bot.services.inline import parse_aspect
@@ -147,7 +146,8 @@ class MemberCog(commands.Cog):
             embed.add_field(name=name, value=value)
         variants = await self.bot.services.bandit.report(interaction.guild_id or 0)
         if variants["learning"]:
-            embed.add_field(name=texts.STATS_VARIANTS, value=variant_lines(variants)[:1024], inline=False)
+            lines = variant_lines(variants, locale_of(interaction))
+            embed.add_field(name=say(interaction, "quality.stats_variants"), value=lines[:1024], inline=False)
         await interaction.followup.send(embed=embed, ephemeral=True)
 
 

@@ -9,9 +9,8 @@ from typing import Any
 
 import discord
 
-from bot import i18n, texts
+from bot import i18n
 from bot.services.records import JobRecord
-from bot.texts import SCORE_FIELD, SCORES_BEST_OF, SCORES_VALUE
 
 MESSAGE_LIMIT = 2000
 
@@ -34,8 +33,11 @@ def result_embed(job: JobRecord, locale: str = i18n.DEFAULT_LOCALE) -> discord.E
         embed.add_field(name=t("result.negative"), value=job.negative_prompt[:1024], inline=False)
     if job.plan:
         plan = job.plan
-        done = f"{plan.get('action')} “{plan.get('target')}”" if plan.get("mode") == "repair" else "whole picture"
-        embed.add_field(name="Edit", value=done[:1024], inline=False)
+        if plan.get("mode") == "repair":
+            done = t("edit.mode_repair", action=plan.get("action", "edit"), target=plan.get("target", ""))
+        else:
+            done = t("edit.mode_instruction")
+        embed.add_field(name=t("quality.edit_field"), value=done[:1024], inline=False)
     embed.add_field(name=t("result.seed"), value=str(job.seed))
     embed.add_field(name=t("result.model"), value=job.model)
     embed.add_field(
@@ -44,10 +46,10 @@ def result_embed(job: JobRecord, locale: str = i18n.DEFAULT_LOCALE) -> discord.E
     scores = [image.score for image in job.images if image.score is not None]
     if scores:
         # The grid is in score order, best first: the numbers read in the same order as the images.
-        value = SCORES_VALUE.format(scores=" · ".join(f"{s:.2f}" for s in scores), scorer=job.scorer)
+        value = t("quality.scores_value", scores=" · ".join(f"{s:.2f}" for s in scores), scorer=job.scorer)
         if job.best_of > 1:
-            value += SCORES_BEST_OF.format(best_of=job.best_of)
-        embed.add_field(name=SCORE_FIELD, value=value[:1024], inline=False)
+            value += t("quality.scores_best_of", best_of=job.best_of)
+        embed.add_field(name=t("quality.score_field"), value=value[:1024], inline=False)
     embed.set_footer(text=t("result.footer", job_id=job.id))
     return embed
 
@@ -73,49 +75,60 @@ def info_message(
     }
 
 
-def explain_embed(summary: dict[str, Any], words: list[dict[str, Any]] | None = None) -> discord.Embed:
+def explain_embed(
+    summary: dict[str, Any], words: list[dict[str, Any]] | None = None, locale: str = i18n.DEFAULT_LOCALE
+) -> discord.Embed:
     """The private answer of 🔍: whose words, what was added and by what, which check fired, the run,
     the score and rank; with the engine's ``words`` once its re-run is done (cut words named)."""
+
+    def t(key: str, **params: object) -> str:
+        return i18n.text(locale, key, **params)
+
     expansion = summary["expansion"]
-    embed = discord.Embed(title=texts.EXPLAIN_TITLE, colour=discord.Colour.blurple())
-    embed.add_field(name=texts.EXPLAIN_MEMBER_WORDS, value=expansion["member_prompt"][:1024], inline=False)
-    source = texts.SOURCE_NAMES.get(expansion["source"], expansion["source"])
-    added = expansion["added"] or texts.EXPLAIN_NOTHING_ADDED
-    embed.add_field(name=texts.EXPLAIN_ADDED_WORDS.format(source=source), value=added[:1024], inline=False)
+    embed = discord.Embed(title=t("quality.explain_title"), colour=discord.Colour.blurple())
+    embed.add_field(name=t("quality.explain_member_words"), value=expansion["member_prompt"][:1024], inline=False)
+    source_key = f"quality.source.{expansion['source']}"
+    source = t(source_key) if i18n.has(source_key) else expansion["source"]
+    added = expansion["added"] or t("quality.explain_nothing_added")
+    embed.add_field(name=t("quality.explain_added_words", source=source), value=added[:1024], inline=False)
     if words:
         cut = [w["word"] for w in words if w["cut"]]
         if cut:
-            embed.add_field(name=texts.EXPLAIN_CUT_WORDS, value=" ".join(cut)[:1024], inline=False)
-    embed.add_field(name=texts.EXPLAIN_GUARD, value=(expansion["guard"] or texts.EXPLAIN_NO_GUARD)[:1024])
-    run = texts.EXPLAIN_RUN.format(
-        seed=summary["seed"], model=summary["model"], variant=expansion["variant"] or texts.EXPLAIN_NO_VARIANT
-    )
-    embed.add_field(name=texts.EXPLAIN_RUN_FIELD, value=run[:1024], inline=False)
+            embed.add_field(name=t("quality.explain_cut_words"), value=" ".join(cut)[:1024], inline=False)
+    embed.add_field(name=t("quality.explain_guard"), value=(expansion["guard"] or t("quality.explain_no_guard"))[:1024])
+    variant = expansion["variant"] or t("quality.explain_no_variant")
+    run = t("quality.explain_run", seed=summary["seed"], model=summary["model"], variant=variant)
+    embed.add_field(name=t("quality.explain_run_field"), value=run[:1024], inline=False)
     if summary["score"] is not None:
-        score = texts.SCORE_VALUE.format(
-            score=summary["score"], scorer=summary["scorer"], rank=summary["rank"], of=summary["of"]
+        score = t(
+            "quality.score_value",
+            score=summary["score"],
+            scorer=summary["scorer"],
+            rank=summary["rank"],
+            of=summary["of"],
         )
     else:
-        score = texts.NOT_SCORED
-    embed.add_field(name=SCORE_FIELD, value=score[:1024], inline=False)
-    embed.set_footer(text=f"job {summary['job_id']} · image {summary['index'] + 1}")
+        score = t("quality.not_scored")
+    embed.add_field(name=t("quality.score_field"), value=score[:1024], inline=False)
+    embed.set_footer(text=t("quality.explain_footer", job_id=summary["job_id"], number=summary["index"] + 1))
     return embed
 
 
-def variant_lines(report: dict[str, Any]) -> str:
+# Before a variant's name in /stats: pinned by an admin, or turned off.
+PINNED_MARKER = "📌 "
+DISABLED_MARKER = "⛔ "
+
+
+def variant_lines(report: dict[str, Any], locale: str = i18n.DEFAULT_LOCALE) -> str:
     """/stats: each expansion variant's use, mean rating and chance of being the best."""
     lines = []
     for arm in report["variants"]:
-        marker = (
-            texts.STATS_PINNED
-            if arm["variant"] == report["pinned"]
-            else texts.STATS_DISABLED
-            if not arm["enabled"]
-            else ""
-        )
+        marker = PINNED_MARKER if arm["variant"] == report["pinned"] else DISABLED_MARKER if not arm["enabled"] else ""
         mean = "–" if arm["mean_rating"] is None else f"{arm['mean_rating']:.2f}★"
         lines.append(
-            texts.STATS_VARIANT_LINE.format(
+            i18n.text(
+                locale,
+                "quality.stats_variant_line",
                 marker=marker,
                 variant=arm["variant"],
                 chosen=arm["chosen"],
@@ -124,4 +137,4 @@ def variant_lines(report: dict[str, Any]) -> str:
                 probability=arm["probability_best"],
             )
         )
-    return "\n".join(lines) or texts.STATS_NO_VARIANTS
+    return "\n".join(lines) or i18n.text(locale, "quality.stats_no_variants")

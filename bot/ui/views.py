@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import discord
 
-from bot import i18n, texts
+from bot import i18n
 from bot.errors import AtelierError, PolicyRefused
 from bot.services.explain import provenance
 from bot.services.jobs import ImagineRequest
@@ -191,21 +191,26 @@ class ExplainButton(_JobButton, template=r"atelier:explain:" + JOB_ID):  # type:
         bot: AtelierBot = interaction.client  # type: ignore[assignment]
         job = await self.load_job(interaction)
         summary = provenance(job, 0)
+        locale = locale_of(interaction)
         explanation = await bot.services.jobs.explain(job.id, 0)
-        await interaction.followup.send(embed=explain_embed(summary), content=texts.EXPLAIN_WORKING, ephemeral=True)
+        await interaction.followup.send(
+            embed=explain_embed(summary, locale=locale),
+            content=say(interaction, "quality.explain_working"),
+            ephemeral=True,
+        )
         try:
             done = await bot.services.jobs.wait(explanation.id, timeout=EXPLAIN_WAIT_SECONDS)
         except TimeoutError:
-            await interaction.followup.send(texts.EXPLAIN_TIMED_OUT, ephemeral=True)
+            await interaction.followup.send(say(interaction, "quality.explain_timed_out"), ephemeral=True)
             return
         if done.status != "succeeded" or not done.images:
             reason = (done.error or done.status)[:200]
-            await interaction.followup.send(texts.EXPLAIN_FAILED.format(reason=reason), ephemeral=True)
+            await interaction.followup.send(say(interaction, "quality.explain_failed", reason=reason), ephemeral=True)
             return
         words = (done.explanation or {}).get("words", [])
         await interaction.followup.send(
-            content=texts.EXPLAIN_HEATMAP_NOTE,
-            embed=explain_embed(summary, words),
+            content=say(interaction, "quality.explain_heatmap_note"),
+            embed=explain_embed(summary, words, locale),
             file=discord.File(done.images[0].path, filename=f"explain-{job.id}.png"),
             ephemeral=True,
         )

@@ -68,7 +68,17 @@ async def test_a_chinese_member_reads_refusals_help_and_results_in_chinese(runni
     refused = await (await running.admin.click(result, delete, locale=ZH)).wait_ack()
     assert refused["data"]["content"] == "只有请求这张图的成员或管理员可以删除它。"
 
-    # The 🪄 form, and the status of the edit it queues, in Chinese too.
+    # 🔍's private answer, and the 🪄 form with the status of the edit it queues, in Chinese too.
+    explain = next(c for c in result.custom_ids if c.startswith("atelier:explain:"))
+    explained = await running.member.click(result, explain, locale=ZH)
+    words = await explained.sim.wait_for(
+        lambda: next((m for m in explained.visible_messages if m.embeds), None), timeout=60
+    )
+    assert words.content == "正在绘制热力图：用同一个种子重新生成这张图…"
+    fields = {f["name"]: f["value"] for f in words.embeds[0]["fields"]}
+    assert words.embeds[0]["title"] == "这张图为什么是这个样子" and fields["你的原话"] == "a fox in the snow"
+    assert fields["运行参数"].startswith("种子 ") and "第 1 /" in fields["评分"]
+
     wand = next(c for c in result.custom_ids if c.startswith("atelier:wand:"))
     opened = await running.member.click(result, wand, locale=ZH)
     assert (await opened.wait_ack())["type"] == 9
