@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 # Eight jobs per call: measured ahead of four, and level with sixteen without sixteen's straggler
 # batches when a burst lands over several claims. A 50 ms window: a burst of concurrent requests lands
 # in the queue over about a tenth of a second. A lone job on an idle engine does not wait at all (see
-# EngineWorker._fill).
+# EngineWorker._run_claim).
 DEFAULT_MAX_BATCH = 8
 DEFAULT_BATCH_WAIT_MS = 50.0
 _FIRST_PROGRESS_AFTER_SECONDS = 0.25

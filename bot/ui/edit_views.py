@@ -14,6 +14,7 @@ from bot import i18n
 from bot.errors import AtelierError, InvalidRequest
 from bot.services.edits import SourceImage
 from bot.services.records import JobRecord
+from bot.ui.messages import edit_mode
 from bot.ui.replies import member_context, reply_refusal, request_from
 from bot.ui.translator import locale_of
 from bot.ui.views import JOB_ID, _AnswersErrors, _JobButton, announce, defer_quietly, submit_and_track
@@ -27,13 +28,8 @@ SourceLoader = Callable[[discord.Interaction], Awaitable[SourceImage]]
 
 
 def edit_header(job: JobRecord, locale: str = i18n.DEFAULT_LOCALE) -> str:
-    plan = job.plan or {}
-    if plan.get("mode") == "repair":
-        mode = i18n.text(locale, "edit.mode_repair", action=plan.get("action", "edit"), target=plan.get("target", ""))
-    else:
-        mode = i18n.text(locale, "edit.mode_instruction")
     instruction = discord.utils.escape_markdown(job.member_prompt[:200])
-    return i18n.text(locale, "edit.header", instruction=instruction, mode=mode)
+    return i18n.text(locale, "edit.header", instruction=instruction, mode=edit_mode(job.plan or {}, locale))
 
 
 def member_of(interaction: discord.Interaction) -> dict[str, object]:

@@ -21,6 +21,13 @@ def expansion_label(source: str, locale: str) -> str:
     return i18n.text(locale, key) if i18n.has(key) else source
 
 
+def edit_mode(plan: dict[str, Any], locale: str = i18n.DEFAULT_LOCALE) -> str:
+    """What an edit did, in words: a repair of a named region, or an edit of the whole picture."""
+    if plan.get("mode") == "repair":
+        return i18n.text(locale, "edit.mode_repair", action=plan.get("action", "edit"), target=plan.get("target", ""))
+    return i18n.text(locale, "edit.mode_instruction")
+
+
 def result_embed(job: JobRecord, locale: str = i18n.DEFAULT_LOCALE) -> discord.Embed:
     def t(key: str, **params: object) -> str:
         return i18n.text(locale, key, **params)
@@ -32,12 +39,7 @@ def result_embed(job: JobRecord, locale: str = i18n.DEFAULT_LOCALE) -> discord.E
     if job.negative_prompt:
         embed.add_field(name=t("result.negative"), value=job.negative_prompt[:1024], inline=False)
     if job.plan:
-        plan = job.plan
-        if plan.get("mode") == "repair":
-            done = t("edit.mode_repair", action=plan.get("action", "edit"), target=plan.get("target", ""))
-        else:
-            done = t("edit.mode_instruction")
-        embed.add_field(name=t("quality.edit_field"), value=done[:1024], inline=False)
+        embed.add_field(name=t("quality.edit_field"), value=edit_mode(job.plan, locale)[:1024], inline=False)
     embed.add_field(name=t("result.seed"), value=str(job.seed))
     embed.add_field(name=t("result.model"), value=job.model)
     embed.add_field(

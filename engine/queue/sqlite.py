@@ -111,9 +111,9 @@ class SqliteQueue:
     def __init__(self, database: Database, settings: EngineSettings) -> None:
         self.db = database
         self.settings = settings
-        # The claim takes the write lock, so it runs only when another connection committed something
-        # (a new job, perhaps) or at the poll interval. An in-memory database has nothing to watch: the
-        # worker just polls.
+        # Engines claim when another connection committed something (a new job, perhaps) or at the poll
+        # interval; a claim takes the write lock only when its look finds work (see _look). An in-memory
+        # database has nothing to watch: the worker just polls.
         self._watch = CommitWatch(database.url)
 
     async def publish(self, job: QueuedJob) -> None:
