@@ -1,4 +1,4 @@
-"""`atelier bench expand|engine|queue|taesd|edit`: benchmarks that print JSON."""
+"""`atelier bench expand|engine|queue|sessions|taesd|edit`: benchmarks that print JSON."""
 
 from __future__ import annotations
 
@@ -11,7 +11,12 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> Non
     from bot.cli.expand import add_bench_expand_arguments, run_bench_expand
     from engine.bench import add_bench_engine_arguments, run_bench_engine
     from engine.bench_previews import add_bench_taesd_arguments, run_bench_taesd
-    from engine.queue.bench import add_bench_queue_arguments, run_bench_queue
+    from engine.queue.bench import (
+        add_bench_queue_arguments,
+        add_bench_sessions_arguments,
+        run_bench_queue,
+        run_bench_sessions,
+    )
 
     bench = sub.add_parser("bench", help="benchmarks that print JSON").add_subparsers(dest="bench", required=True)
     p = bench.add_parser("expand", help="expansion LLM latency and tokens/s")
@@ -28,6 +33,11 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> Non
     common(p)
     add_bench_queue_arguments(p)
     p.set_defaults(func=run_bench_queue)
+
+    p = bench.add_parser("sessions", help="database sessions: aiosqlite's own connection against the one-trip one")
+    common(p)
+    add_bench_sessions_arguments(p)
+    p.set_defaults(func=run_bench_sessions)
 
     p = bench.add_parser("taesd", help="TAESD against the full VAE (ms per image, PSNR) and the cost of previews")
     common(p)

@@ -308,6 +308,114 @@ def _row(job: QueuedJob) -> dict[str, Any]:
     }
 
 
+# ---------------------------------------------------------------- sessions
+
+
+def add_bench_sessions_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--rounds", type=int, default=400, help="timed operations of each kind per driver (default 400)"
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def run_bench_sessions(args: argparse.Namespace) -> int:
+    from engine.config import ConfigError
+
+    if args.rounds < 1:
+        raise ConfigError("--rounds must be at least 1")
+    report = asyncio.run(measure_sessions(args.rounds))
+    if args.json:
+        print(json.dumps(report))
+    else:
+        for name, row in report["results"].items():
+            print(
+                f"{name:>6}: aiosqlite {row['aiosqlite_p50_ms']:.2f} ms ({row['aiosqlite_trips']} trips),"
+                f" one trip {row['one_trip_p50_ms']:.2f} ms ({row['one_trip_trips']} trips), {row['speedup_p50']}x"
+            )
+    return 0
+
+
+async def measure_sessions(rounds: int) -> dict[str, Any]:
+    """The session the queue and the bot use most, through aiosqlite's own connection and through the
+    one-trip connection (engine.queue.driver), on one migrated database, in alternating rounds so that
+    both see the same machine: a one-row read, a one-row write, and an engine's claim of one job (its
+    look, then the claim's transaction). Trips: calls sent to the connection's thread by one operation."""
+    import aiosqlite
+    from sqlalchemy import insert
+
+    from engine.config import EngineSettings
+    from engine.queue.database import Database
+    from migrations import upgrade
+
+    trips = 0
+    original = aiosqlite.Connection._execute
+
+    async def counted(self: aiosqlite.Connection, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        nonlocal trips
+        trips += 1
+        return await original(self, fn, *args, **kwargs)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = EngineSettings(data_dir=Path(tmp))
+        settings.ensure_dirs()
+        await upgrade(settings.db_url)
+        drivers = {"aiosqlite": Database(settings.db_url, one_trip=False), "one_trip": Database(settings.db_url)}
+        queues = {name: SqliteQueue(database, settings) for name, database in drivers.items()}
+        jobs, requests = _Jobs(members=20), _request_table()
+        async with drivers["one_trip"].transaction() as session:
+            await session.execute(insert(requests), [_row(job) for job in jobs.take(1000)])
+        probe = jobs.take(1)[0]
+        async with drivers["one_trip"].transaction() as session:
+            await session.execute(insert(requests), [_row(probe)])
+
+        async def read(database: Database) -> None:
+            async with database.sessions() as session:
+                await session.execute(text("SELECT status FROM jobs WHERE id = :id"), {"id": probe.id})
+
+        async def write(database: Database) -> None:
+            async with database.transaction() as session:
+                await session.execute(text("UPDATE jobs SET progress_step = 0 WHERE id = :id"), {"id": probe.id})
+
+        operations = {
+            "read": lambda name: read(drivers[name]),
+            "write": lambda name: write(drivers[name]),
+            "claim": lambda name: queues[name].claim("bench-engine", limit=1, models=[MODEL]),
+        }
+        timings: dict[tuple[str, str], list[float]] = {(op, name): [] for op in operations for name in drivers}
+        counts: dict[tuple[str, str], int] = {}
+        aiosqlite.Connection._execute = counted  # type: ignore[method-assign]
+        try:
+            for op, run in operations.items():
+                for name in drivers:
+                    await run(name)  # connect and plan before timing
+                    trips = 0
+                    await run(name)
+                    counts[op, name] = trips
+            for _ in range(rounds):
+                for op, run in operations.items():
+                    for name in drivers:
+                        started = time.perf_counter()
+                        await run(name)
+                        timings[op, name].append(time.perf_counter() - started)
+        finally:
+            aiosqlite.Connection._execute = original  # type: ignore[method-assign]
+            for queue in queues.values():
+                await queue.close()
+            for database in drivers.values():
+                await database.dispose()
+    results = {}
+    for op in operations:
+        plain, one_trip = _ms(timings[op, "aiosqlite"], 50), _ms(timings[op, "one_trip"], 50)
+        results[op] = {
+            "aiosqlite_p50_ms": plain,
+            "one_trip_p50_ms": one_trip,
+            "speedup_p50": round(plain / max(one_trip, 1e-3), 2),
+            "aiosqlite_trips": counts[op, "aiosqlite"],
+            "one_trip_trips": counts[op, "one_trip"],
+        }
+    return {"rounds": rounds, "results": results}
+
+
 # ---------------------------------------------------------------- Redis
 
 

@@ -8,6 +8,7 @@ import time
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from engine.background import wait_for_event
+from engine.queue import driver
 
 log = logging.getLogger(__name__)
 
@@ -31,13 +33,21 @@ WATCH_SECONDS = 0.01
 WATCH_SECONDS_WITH_NOTICES = 0.25
 
 
-def create_engine(url: str) -> AsyncEngine:
+def create_engine(url: str, *, one_trip: bool = True) -> AsyncEngine:
+    """``one_trip``: SQLite connections that make one trip to their thread per statement (see
+    engine.queue.driver); False gives aiosqlite's own, which `atelier bench sessions` compares against."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         return create_async_engine(url)
     if parsed.database:
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_async_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
+    timeout = BUSY_TIMEOUT_MS / 1000
+    if one_trip:
+        engine = create_async_engine(
+            url, async_creator=partial(driver.connect, parsed.database or ":memory:", timeout=timeout)
+        )
+    else:
+        engine = create_async_engine(url, connect_args={"timeout": timeout})
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
@@ -66,9 +76,9 @@ def create_engine(url: str) -> AsyncEngine:
 class Database:
     """Owns the async engine and hands out short transactions."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, one_trip: bool = True) -> None:
         self.url = url
-        self.engine = create_engine(url)
+        self.engine = create_engine(url, one_trip=one_trip)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         self._writing = async_sessionmaker(
             self.engine.execution_options(**{WRITE_OPTION: True}), expire_on_commit=False
