@@ -112,29 +112,28 @@ class QuotaService:
         now: datetime | None = None,
     ) -> UsageSummary:
         now = now or utcnow()
-        images, units = (
-            await session.execute(
-                select(
-                    func.coalesce(func.sum(Usage.images), 0), func.coalesce(func.sum(Usage.compute_units), 0.0)
-                ).where(
-                    Usage.guild_id == guild_id,
-                    Usage.user_id == user_id,
-                    Usage.day == day_of(now),
-                    Usage.refunded_at.is_(None),
-                )
+        used_today = select(
+            func.coalesce(func.sum(Usage.images), 0).label("images"),
+            func.coalesce(func.sum(Usage.compute_units), 0.0).label("units"),
+        ).where(
+            Usage.guild_id == guild_id,
+            Usage.user_id == user_id,
+            Usage.day == day_of(now),
+            Usage.refunded_at.is_(None),
+        )
+        running_now = (
+            select(func.count())
+            .select_from(Job)
+            .where(
+                Job.guild_id == guild_id,
+                Job.user_id == user_id,
+                Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]),
             )
-        ).one()
-        running = (
-            await session.execute(
-                select(func.count())
-                .select_from(Job)
-                .where(
-                    Job.guild_id == guild_id,
-                    Job.user_id == user_id,
-                    Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]),
-                )
-            )
-        ).scalar_one()
+            .scalar_subquery()
+        )
+        # One statement for both: every statement is a trip to the database's thread.
+        used = used_today.subquery()
+        images, units, running = (await session.execute(select(used.c.images, used.c.units, running_now))).one()
         budget = await self.budget(session, guild, user_id, role_ids)
         return UsageSummary(int(images), float(units), int(running), budget, next_reset(now))
 

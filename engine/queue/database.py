@@ -167,9 +167,9 @@ class CommitWatch:
             # Notices first: a commit between the two is then seen by the first read of the counter.
             self._notices = FileNotices.of(Path(self.file))
             self._connection = await aiosqlite.connect(self.file, isolation_level=None)
-        async with self._connection.execute("PRAGMA data_version") as cursor:
-            row = await cursor.fetchone()
-        return int(row[0]) if row else None
+        # One trip to the connection's thread (execute, fetch and close are one call there).
+        rows = list(await self._connection.execute_fetchall("PRAGMA data_version"))
+        return int(rows[0][0]) if rows else None
 
     async def close(self) -> None:
         # aiosqlite's thread is not a daemon: a connection left open would keep the process alive.
