@@ -19,11 +19,17 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from bot.db.base import Base
 from engine.contract import JobKind, JobStatus, utcnow
+
+# The rows of the two partial indexes on jobs (see Job). Only NULL tests: SQLite uses a partial index
+# for a query whose WHERE holds each of these terms as written, which a bound value would not be.
+UNDELIVERED_SQL = "finished_at IS NOT NULL AND delivered_at IS NULL AND channel_id IS NOT NULL"
+COSTED_SQL = "gpu_seconds IS NOT NULL"
 
 
 class Guild(Base):
@@ -84,6 +90,12 @@ class Job(Base):
         # each lane's head with one seek however deep the queue, and reads nothing else (it holds
         # every column the pick needs; engine/queue/sqlite.py).
         Index("ix_jobs_lane", "status", "model", "user_id", "created_at", "id", "available_at"),
+        # Partial indexes hold only the rows their reader wants, so its cost follows them rather than
+        # the server's history: the results not yet posted, read by the delivery pass after every
+        # commit (bot/services/delivery.py), and the finished jobs whose recent cost the wait
+        # estimate averages (JobService.progress).
+        Index("ix_jobs_undelivered", "finished_at", sqlite_where=text(UNDELIVERED_SQL)),
+        Index("ix_jobs_costed", "finished_at", "gpu_seconds", sqlite_where=text(COSTED_SQL)),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)

@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 
 MAX_PROMPT_CHARS = 1000
 ENGINE_CHECK_SECONDS = 5.0
+# The wait estimate averages the compute time of this many of the last finished jobs.
+RECENT_COSTS = 50
 MAX_COUNT = 4
 MIN_SIDE = 64
 MAX_BEST_OF = 8
@@ -675,13 +677,16 @@ class JobService:
                         .where(Job.status == JobStatus.QUEUED, Job.created_at < job.created_at)
                     )
                 ).scalar_one()
-            recent = (
-                await session.execute(
-                    select(func.avg(Job.gpu_seconds)).where(
-                        Job.status == JobStatus.SUCCEEDED, Job.gpu_seconds.is_not(None)
-                    )
-                )
-            ).scalar_one()
+            # What the last jobs cost, not every job ever: the estimate follows the engines as they
+            # are now, and reads a few rows of ix_jobs_costed however long the server's history.
+            costs = (
+                select(Job.gpu_seconds)
+                .where(Job.gpu_seconds.is_not(None))
+                .order_by(Job.finished_at.desc())
+                .limit(RECENT_COSTS)
+                .subquery()
+            )
+            recent = (await session.execute(select(func.avg(costs.c.gpu_seconds)))).scalar_one()
         online = job.status != JobStatus.QUEUED or await self._engine_online(job.model)
         preview = None
         if job.status == JobStatus.RUNNING:
