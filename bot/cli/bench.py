@@ -1,4 +1,4 @@
-"""`atelier bench expand|engine|queue|sessions|taesd|edit`: benchmarks that print JSON."""
+"""`atelier bench expand|engine|queue|sessions|history|taesd|edit`: benchmarks that print JSON."""
 
 from __future__ import annotations
 
@@ -38,6 +38,13 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> Non
     common(p)
     add_bench_sessions_arguments(p)
     p.set_defaults(func=run_bench_sessions)
+
+    from bot.cli.bench_history import add_bench_history_arguments, run_bench_history
+
+    p = bench.add_parser("history", help="the delivery pass and the wait estimate against a server's past jobs")
+    common(p)
+    add_bench_history_arguments(p)
+    p.set_defaults(func=run_bench_history)
 
     p = bench.add_parser("taesd", help="TAESD against the full VAE (ms per image, PSNR) and the cost of previews")
     common(p)

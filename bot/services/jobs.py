@@ -12,7 +12,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Select, func, select, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from bot import i18n
@@ -677,16 +677,7 @@ class JobService:
                         .where(Job.status == JobStatus.QUEUED, Job.created_at < job.created_at)
                     )
                 ).scalar_one()
-            # What the last jobs cost, not every job ever: the estimate follows the engines as they
-            # are now, and reads a few rows of ix_jobs_costed however long the server's history.
-            costs = (
-                select(Job.gpu_seconds)
-                .where(Job.gpu_seconds.is_not(None))
-                .order_by(Job.finished_at.desc())
-                .limit(RECENT_COSTS)
-                .subquery()
-            )
-            recent = (await session.execute(select(func.avg(costs.c.gpu_seconds)))).scalar_one()
+            recent = (await session.execute(recent_compute_seconds())).scalar_one()
         online = job.status != JobStatus.QUEUED or await self._engine_online(job.model)
         preview = None
         if job.status == JobStatus.RUNNING:
@@ -734,6 +725,20 @@ class JobService:
         if expired:
             log.warning("cancelled %d job(s) no engine took in time", len(expired))
         return expired
+
+
+def recent_compute_seconds() -> Select[tuple[float | None]]:
+    """The mean compute time of the last RECENT_COSTS finished jobs, not of every job ever: the wait
+    estimate follows the engines as they are now, and reads a few rows of the covering partial index
+    ix_jobs_costed however long the server's history."""
+    costs = (
+        select(Job.gpu_seconds)
+        .where(Job.gpu_seconds.is_not(None))
+        .order_by(Job.finished_at.desc())
+        .limit(RECENT_COSTS)
+        .subquery()
+    )
+    return select(func.avg(costs.c.gpu_seconds))
 
 
 def _read_if_present(path: Path) -> bytes | None:

@@ -3,6 +3,7 @@ wait estimate) read the rows they want through a partial index, not the server's
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,6 +18,7 @@ from bot.services.jobs import RECENT_COSTS
 from engine.contract import JobStatus, utcnow
 from engine.queue.database import Database
 from tests.factories import add_job
+from tests.integration.test_cli import atelier
 
 HISTORY = 30
 
@@ -94,3 +96,21 @@ async def test_the_wait_estimate_averages_the_last_jobs_from_an_index_alone(
     statement, parameters = next((s, p) for s, p in seen if "avg(" in s)
     steps = plan(settings, statement, parameters)
     assert any("COVERING INDEX ix_jobs_costed" in step for step in steps), steps
+
+
+def test_bench_history_times_each_read_against_its_plain_form(settings_env: dict[str, str]) -> None:
+    result = atelier(settings_env, "bench", "history", "--past", "20,60", "--reads", "2", "--json")
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)["results"]
+    assert [row["past"] for row in rows] == [20, 60]
+    for row in rows:
+        for read in ("pending_ms", "plain_pending_ms", "estimate_ms", "plain_estimate_ms"):
+            assert row[read] > 0, read
+
+
+def test_bench_history_refuses_a_bad_size_in_one_line(settings_env: dict[str, str]) -> None:
+    result = atelier(settings_env, "bench", "history", "--past", "100,0")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: --past: expected comma-separated whole numbers of at least 1, got '100,0'"
+    ]
