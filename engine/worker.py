@@ -136,7 +136,13 @@ class EngineWorker:
                         break
                     await self._wait_for_work()
                     continue
-                await self._run_claim(_Claim(jobs), gather=not (was_idle and len(jobs) == 1))
+                lone = was_idle and len(jobs) == 1
+                await self._run_claim(_Claim(jobs), gather=not lone)
+                if lone:
+                    # Recorded before the next look: on an idle server that look finds nothing, and run
+                    # beside the recording it only holds up the member's image. Under load the next
+                    # claim still overlaps the recording of the last batch.
+                    await self._drain()
                 was_idle = False
                 idle_since = time.monotonic()
         finally:

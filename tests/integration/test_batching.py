@@ -18,7 +18,7 @@ from PIL import Image
 
 from bot.config import Settings
 from bot.db.models import Job
-from engine.contract import ClaimedJob, JobSpec, JobStatus, PermanentJobError
+from engine.contract import ClaimedJob, JobResult, JobSpec, JobStatus, PermanentJobError
 from engine.pipelines.text_to_image import BatchOutput, TextToImage, attention_processors
 from engine.queue.database import Database
 from engine.queue.sqlite import SqliteQueue
@@ -202,6 +202,34 @@ async def test_a_lone_job_on_an_idle_engine_runs_without_waiting_for_company(
 
     assert [(await _job(database, job_id)).status for job_id in (first, second)] == [JobStatus.SUCCEEDED] * 2
     assert worker.completed == 2 and worker.batches == 2
+
+
+class _OrderQueue(SqliteQueue):
+    """The SQLite queue, noting when a claim starts and when a batch's results are recorded."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.events: list[str] = []
+
+    async def claim(self, *args: Any, **kwargs: Any) -> list[ClaimedJob]:
+        self.events.append("claim")
+        return await super().claim(*args, **kwargs)
+
+    async def complete_many(self, results: list[tuple[ClaimedJob, JobResult]]) -> list[bool]:
+        done = await super().complete_many(results)
+        self.events.append("recorded")
+        return done
+
+
+async def test_a_lone_job_on_an_idle_engine_is_recorded_before_the_engine_looks_again(
+    database: Database, settings: Settings, tiny_pipeline: TextToImage
+) -> None:
+    # The look would run beside the recording on the engine's event loop, and on an idle server find
+    # nothing: the member's image would wait for it.
+    await add_job(database, seed=62)
+    queue = _OrderQueue(database, settings)
+    await _run_until_idle(EngineWorker(queue, tiny_pipeline, _config()))
+    assert queue.events[:3] == ["claim", "recorded", "claim"]
 
 
 class _ProgressQueue(SqliteQueue):
