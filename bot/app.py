@@ -26,7 +26,7 @@ from bot.ui.delivery import deliver_job
 from bot.ui.replies import reply_error, reply_refusal
 from bot.ui.translator import CatalogTranslator, locale_of, relative_time, say
 from engine.background import BackgroundLoop, wait_for_event
-from engine.queue.database import CommitWatch
+from engine.queue.database import RESULT_NEWS, CommitWatch
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,9 @@ class AtelierBot(commands.Bot):
         self._loops: list[BackgroundLoop] = []
         self._events = asyncio.Event()  # something changed: a result, a step, a cancellation
         self._stopping = asyncio.Event()
-        self._commits = CommitWatch(services.db.url)
+        # Woken at once by the engines' news (results, steps, cancellations), and by any other commit
+        # at the watch's next look.
+        self._commits = CommitWatch(services.db.url, topic=RESULT_NEWS)
         self._following: list[asyncio.Task[None]] = []
         self._sends = asyncio.Semaphore(CONCURRENT_SENDS)
         self._deliveries: set[asyncio.Task[None]] = set()

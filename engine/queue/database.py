@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import time
 import weakref
 from collections.abc import AsyncIterator
@@ -31,6 +33,12 @@ WRITE_OPTION = "atelier_write"
 # where inotify sees every write.
 WATCH_SECONDS = 0.01
 WATCH_SECONDS_WITH_NOTICES = 0.25
+# What a commit concerns, told to whoever waits for it (see nudge): engines wait for QUEUE_NEWS, a job
+# they may claim; bots for RESULT_NEWS, a result, a step or a cancellation. Without them every commit
+# woke every engine and every bot, each to read for nothing: on two cores those reads held up the very
+# result being delivered.
+QUEUE_NEWS = "queue"
+RESULT_NEWS = "results"
 
 
 def create_engine(url: str, *, one_trip: bool = True) -> AsyncEngine:
@@ -119,17 +127,45 @@ class Database:
         await self.engine.dispose()
 
 
-class CommitWatch:
-    """Tells when any other connection, of this process or another, has committed to the database file:
-    SQLite's ``PRAGMA data_version``, read on a connection kept for it alone. Engines wait on it for new
-    jobs, the bot for results, progress and cancellations, instead of querying for them on a timer."""
+def _database_file(url: str) -> str | None:
+    """The SQLite file of ``url``; None for an in-memory database or another backend."""
+    parsed = make_url(url)
+    watched = parsed.database if parsed.get_backend_name() == "sqlite" else None
+    return watched if watched and watched != ":memory:" else None
 
-    def __init__(self, url: str) -> None:
-        parsed = make_url(url)
-        watched = parsed.database if parsed.get_backend_name() == "sqlite" else None
+
+def nudge(url: str, topic: str) -> None:
+    """After a commit that concerns whoever waits for ``topic``: touch the database's ``-topic`` file,
+    which the kernel reports at once to every watch of that topic. A watch that misses it (no inotify)
+    still finds the commit by its counter."""
+    database = _database_file(url)
+    if database is None:
+        return
+    path = Path(f"{database}-{topic}")
+    try:
+        os.utime(path)
+    except FileNotFoundError:
+        with contextlib.suppress(OSError):
+            path.touch()
+    except OSError:
+        log.debug("could not nudge %s", path, exc_info=True)
+
+
+class CommitWatch:
+    """Tells when another connection, of this process or another, has committed to the database file:
+    SQLite's ``PRAGMA data_version``, read on a connection kept for it alone. Engines wait on it for new
+    jobs, the bot for results, progress and cancellations, instead of querying for them on a timer.
+
+    With a ``topic`` (QUEUE_NEWS, RESULT_NEWS) and the kernel's file notices, a wait ends at once for a
+    nudge of that topic, and for any other commit only at its next look, every
+    WATCH_SECONDS_WITH_NOTICES: a commit nobody nudged for is still seen, a little later, and the
+    commits that concern someone else (the waiter's own among them) no longer wake it at once."""
+
+    def __init__(self, url: str, *, topic: str | None = None) -> None:
         # An in-memory database (or one that is not SQLite) has no file to watch: waits then last their
         # whole timeout.
-        self.file = watched if watched and watched != ":memory:" else None
+        self.file = _database_file(url)
+        self.topic = topic
         self._connection: aiosqlite.Connection | None = None
         self._seen: int | None = None
         self._notices: FileNotices | None = None
@@ -137,7 +173,8 @@ class CommitWatch:
     async def wait(self, timeout: float, stop: asyncio.Event) -> bool:
         """True as soon as a commit has landed since the last return (the first call only takes note
         and returns True, so that a commit during the caller's next read still counts), False when
-        ``stop`` is set or ``timeout`` has passed without one."""
+        ``stop`` is set or ``timeout`` has passed without one. With a topic and notices, "as soon as"
+        holds for the nudged commits (see the class)."""
         version = await self._version()
         if version is None or self._seen is None:
             self._seen = version
@@ -145,13 +182,17 @@ class CommitWatch:
                 await wait_for_event(stop, timeout)
                 return False
             return True
-        if version != self._seen:
+        nudged = self.topic is not None and self._notices is not None
+        if version != self._seen and not nudged:
             self._seen = version
             return True
         deadline = time.monotonic() + timeout
         while not stop.is_set() and (remaining := deadline - time.monotonic()) > 0:
             if self._notices is not None:
-                await self._notices.wait(min(WATCH_SECONDS_WITH_NOTICES, remaining), stop)
+                noticed = await self._notices.wait(min(WATCH_SECONDS_WITH_NOTICES, remaining), stop)
+                if noticed and nudged:
+                    self._seen = await self._version()
+                    return True
             else:
                 await wait_for_event(stop, min(WATCH_SECONDS, remaining))
             version = await self._version()
@@ -165,7 +206,7 @@ class CommitWatch:
             return None
         if self._connection is None:
             # Notices first: a commit between the two is then seen by the first read of the counter.
-            self._notices = FileNotices.of(Path(self.file))
+            self._notices = FileNotices.of(Path(self.file), self.topic)
             self._connection = await aiosqlite.connect(self.file, isolation_level=None)
         # One trip to the connection's thread (execute, fetch and close are one call there).
         rows = list(await self._connection.execute_fetchall("PRAGMA data_version"))
@@ -182,16 +223,18 @@ class CommitWatch:
 
 
 class FileNotices:
-    """The kernel's word (inotify) that a database's files were written: a nudge to read the commit
-    counter now, never taken as a commit itself (a reader's lock file or a checkpoint writes too)."""
+    """The kernel's word (inotify) that a database's files were written: a reason to read the commit
+    counter now, never taken as a commit itself (a reader's lock file or a checkpoint writes too). For a
+    topic, the word that its file was touched: a nudge, sent after a commit."""
 
     def __init__(self, inotify: Any, names: set[str]) -> None:
         self._inotify = inotify
         self._names = names
 
     @classmethod
-    def of(cls, database: Path) -> FileNotices | None:
-        """Notices for this database file, or None where the system gives none (not Linux)."""
+    def of(cls, database: Path, topic: str | None = None) -> FileNotices | None:
+        """Notices for this database file (for its topic's nudges only, given one), or None where the
+        system gives none (not Linux)."""
         try:
             from asyncinotify import Inotify, Mask
 
@@ -201,18 +244,20 @@ class FileNotices:
             return None
         try:
             # The folder, not the files: the WAL file comes and goes with the connections.
-            inotify.add_watch(database.parent, Mask.MODIFY | Mask.CREATE | Mask.MOVED_TO)
+            # ATTRIB: a nudge touches its file's time.
+            inotify.add_watch(database.parent, Mask.MODIFY | Mask.CREATE | Mask.MOVED_TO | Mask.ATTRIB)
         except OSError:
             inotify.close()
             log.debug("cannot watch %s: the database watch polls", database.parent, exc_info=True)
             return None
-        return cls(inotify, {database.name, f"{database.name}-wal"})
+        names = {f"{database.name}-{topic}"} if topic else {database.name, f"{database.name}-wal"}
+        return cls(inotify, names)
 
-    async def wait(self, timeout: float, stop: asyncio.Event) -> None:
-        """Until one of the database's files is written, ``stop`` is set, or ``timeout`` passes; at
-        once if one was written since the last wait."""
+    async def wait(self, timeout: float, stop: asyncio.Event) -> bool:
+        """Until one of the files is written, ``stop`` is set, or ``timeout`` passes; at once if one was
+        written since the last wait. True if one was."""
         if self._drain():
-            return
+            return True
         stopped = asyncio.ensure_future(stop.wait())
         written = asyncio.ensure_future(self._written())
         try:
@@ -220,6 +265,7 @@ class FileNotices:
         finally:
             stopped.cancel()
             written.cancel()
+        return written.done() and not written.cancelled()
 
     async def _written(self) -> None:
         while not self._about_the_database(await self._inotify.get()):

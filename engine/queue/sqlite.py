@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from engine.contract import ClaimedJob, JobResult, JobStatus, LeaseState, QueuedJob, utcnow
 from engine.queue import ledger
-from engine.queue.database import CommitWatch
+from engine.queue.database import QUEUE_NEWS, RESULT_NEWS, CommitWatch, nudge
 from engine.queue.ledger import jobs, workers
 
 if TYPE_CHECKING:
@@ -114,10 +114,14 @@ class SqliteQueue:
         # Engines claim when another connection committed something (a new job, perhaps) or at the poll
         # interval; a claim takes the write lock only when its look finds work (see _look). An in-memory
         # database has nothing to watch: the worker just polls.
-        self._watch = CommitWatch(database.url)
+        self._watch = CommitWatch(database.url, topic=QUEUE_NEWS)
+
+    def _tell(self, topic: str) -> None:
+        nudge(self.db.url, topic)
 
     async def publish(self, job: QueuedJob) -> None:
-        """Nothing to send: the committed row is the queue entry."""
+        """Nothing to send, the committed row is the queue entry: the engines are only told of it."""
+        self._tell(QUEUE_NEWS)
 
     async def claim(self, worker_id: str, limit: int = 1, models: list[str] | None = None) -> list[ClaimedJob]:
         now = utcnow()
@@ -130,33 +134,35 @@ class SqliteQueue:
         due, expired = await self._look(now, wanted)
         if not (due or expired):
             return []
+        claimed: dict[str, ClaimedJob] = {}
         async with self.db.transaction() as session:
             if expired:
                 await self._expire_leases(session, now)
             ids = await self._pick(session, params, wanted)
-            if not ids:
-                return []
-            # Picking then updating is atomic: the IMMEDIATE transaction holds the write lock throughout.
-            rows = await session.execute(
-                update(jobs)
-                .where(jobs.c.id.in_(ids))
-                .values(
-                    status=JobStatus.RUNNING,
-                    attempts=jobs.c.attempts + 1,
-                    lease_owner=worker_id + ":" + cast(jobs.c.attempts + 1, String),
-                    lease_expires_at=params["expires"],
-                    started_at=func.coalesce(jobs.c.started_at, now),
+            if ids:
+                # Picking then updating is atomic: the IMMEDIATE transaction holds the write lock throughout.
+                rows = await session.execute(
+                    update(jobs)
+                    .where(jobs.c.id.in_(ids))
+                    .values(
+                        status=JobStatus.RUNNING,
+                        attempts=jobs.c.attempts + 1,
+                        lease_owner=worker_id + ":" + cast(jobs.c.attempts + 1, String),
+                        lease_expires_at=params["expires"],
+                        started_at=func.coalesce(jobs.c.started_at, now),
+                    )
+                    .returning(
+                        jobs.c.id,
+                        jobs.c.user_id,
+                        jobs.c.attempts,
+                        jobs.c.max_attempts,
+                        jobs.c.lease_owner,
+                        *ledger.SPEC_COLUMNS,
+                    )
                 )
-                .returning(
-                    jobs.c.id,
-                    jobs.c.user_id,
-                    jobs.c.attempts,
-                    jobs.c.max_attempts,
-                    jobs.c.lease_owner,
-                    *ledger.SPEC_COLUMNS,
-                )
-            )
-            claimed = {row.id: _claimed(row) for row in rows}
+                claimed = {row.id: _claimed(row) for row in rows}
+        if expired:
+            self._tell(RESULT_NEWS)  # a job out of tries has ended: its member is to be told
         return [claimed[job_id] for job_id in ids]
 
     async def _look(self, now: datetime, models: list[str]) -> tuple[bool, bool]:
@@ -254,9 +260,10 @@ class SqliteQueue:
             log.warning("expired leases: %d requeued, %d ended", len(requeued), len(exhausted))
 
     async def wait_for_work(self, timeout: float, stop: asyncio.Event) -> bool:
-        """Return as soon as another connection has committed since the last return (a new job,
-        perhaps), when ``stop`` is set, or after ``timeout``; True for a commit. Expired leases and retry
-        back-offs come due without a commit; the timeout, the poll interval, covers them.
+        """Return as soon as a job is published (a nudge of QUEUE_NEWS; any other commit since the last
+        return at the watch's next look), when ``stop`` is set, or after ``timeout``; True for a commit.
+        Expired leases and retry back-offs come due without a commit; the timeout, the poll interval,
+        covers them.
 
         Each return notes the counter before the caller claims again, so a commit that lands during that
         claim still wakes the next wait. The first call only takes that first note.
@@ -286,6 +293,7 @@ class SqliteQueue:
             await asyncio.to_thread(ledger.write_atomically, path, preview)
         async with self.db.transaction() as session:
             await ledger.record_progress(session, job.id, step, lease_owner=job.lease_token)
+        self._tell(RESULT_NEWS)
 
     async def complete(self, job: ClaimedJob, result: JobResult) -> bool:
         return (await self.complete_many([(job, result)]))[0]
@@ -311,6 +319,7 @@ class SqliteQueue:
         finally:
             for files in staged:
                 files.discard()  # what was not moved into place: a lost lease's images, or a failed commit's
+        self._tell(RESULT_NEWS)
         for (job, _), recorded in zip(results, done, strict=True):
             if not recorded:
                 log.warning("job %s finished after its lease was lost; result discarded", job.id)
@@ -321,6 +330,7 @@ class SqliteQueue:
             status = await ledger.record_failure(
                 session, job.id, error, lease_owner=job.lease_token, retryable=retryable
             )
+        self._tell(RESULT_NEWS)
         return status or "lost"
 
     async def release(self, job: ClaimedJob) -> None:
@@ -336,10 +346,13 @@ class SqliteQueue:
                     available_at=utcnow(),
                 )
             )
+        self._tell(QUEUE_NEWS)  # back in the queue, for another engine
 
     async def cancel(self, job_id: str) -> str | None:
         async with self.db.transaction() as session:
-            return await ledger.cancel(session, job_id)
+            status = await ledger.cancel(session, job_id)
+        self._tell(RESULT_NEWS)  # a queued job ends now; a running one's engine learns at its next renewal
+        return status
 
     async def heartbeat(self, worker_id: str, model: str) -> None:
         now = utcnow()

@@ -12,9 +12,9 @@ from sqlalchemy import select, update
 from bot.config import Settings
 from bot.db.models import Job
 from engine.queue import database as database_module
-from engine.queue.database import Database
+from engine.queue.database import RESULT_NEWS, CommitWatch, Database
 from engine.queue.sqlite import SqliteQueue
-from tests.factories import add_job
+from tests.factories import add_job, queued_job
 
 
 async def test_concurrent_claims_from_separate_connections_never_share_a_job(
@@ -62,7 +62,7 @@ async def test_an_idle_engine_wakes_for_a_new_job_before_its_poll_interval(
         monkeypatch.setattr(database_module, "WATCH_SECONDS_WITH_NOTICES", 600.0)
     else:
         # No notices (as off Linux): the watch's frequent looks find the commit.
-        monkeypatch.setattr(database_module.FileNotices, "of", classmethod(lambda cls, path: None))
+        monkeypatch.setattr(database_module.FileNotices, "of", classmethod(lambda cls, path, topic=None: None))
     queue = SqliteQueue(database, settings)
     stop = asyncio.Event()
     await asyncio.wait_for(queue.wait_for_work(600, stop), 30)  # the first call notes where the database is
@@ -70,7 +70,8 @@ async def test_an_idle_engine_wakes_for_a_new_job_before_its_poll_interval(
     waiting = asyncio.create_task(queue.wait_for_work(600, stop))
     await asyncio.sleep(0.1)
     assert not waiting.done()  # nothing committed: still waiting
-    await add_job(database)  # another connection commits
+    job_id = await add_job(database)  # another connection commits a job
+    await SqliteQueue(database, settings).publish(await queued_job(database, job_id))  # and publishes it
     await asyncio.wait_for(waiting, 30)  # far sooner than the 600 s poll interval
 
     waiting = asyncio.create_task(queue.wait_for_work(600, stop))
@@ -78,6 +79,39 @@ async def test_an_idle_engine_wakes_for_a_new_job_before_its_poll_interval(
     stop.set()  # a stop ends the wait too
     await asyncio.wait_for(waiting, 30)
     await queue.close()
+
+
+async def test_a_bots_watch_wakes_at_once_for_the_engines_news_not_for_every_commit(
+    database: Database, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if sys.platform != "linux":
+        pytest.skip("inotify is Linux's")
+    # Looks ten minutes apart: only a nudge of the bot's own topic can end the wait in time.
+    monkeypatch.setattr(database_module, "WATCH_SECONDS_WITH_NOTICES", 600.0)
+    watch = CommitWatch(settings.db_url, topic=RESULT_NEWS)
+    stop = asyncio.Event()
+    assert await watch.wait(600, stop)  # the first call notes where the database is
+    waiting = asyncio.create_task(watch.wait(600, stop))
+    job_id = await add_job(database)
+    await SqliteQueue(database, settings).publish(await queued_job(database, job_id))  # news for the engines
+    await asyncio.sleep(0.1)
+    assert not waiting.done()  # committed and nudged, but not for a bot
+    assert await SqliteQueue(database, settings).cancel(job_id) == "cancelled"  # a member is to be told
+    assert await asyncio.wait_for(waiting, 30)
+    await watch.close()
+
+
+async def test_a_commit_nobody_nudged_for_still_wakes_a_watch_at_its_next_look(
+    database: Database, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(database_module, "WATCH_SECONDS_WITH_NOTICES", 0.05)
+    watch = CommitWatch(settings.db_url, topic=RESULT_NEWS)
+    stop = asyncio.Event()
+    assert await watch.wait(600, stop)
+    waiting = asyncio.create_task(watch.wait(600, stop))
+    await add_job(database)  # written straight to the table: no nudge
+    assert await asyncio.wait_for(waiting, 30)
+    await watch.close()
 
 
 async def test_concurrent_writers_in_one_process_all_commit(database: Database, settings: Settings) -> None:
