@@ -8,52 +8,23 @@ from typing import Any
 
 
 def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
-    from bot.cli.expand import add_bench_expand_arguments, run_bench_expand
-    from engine.bench import add_bench_engine_arguments, run_bench_engine
-    from engine.bench_previews import add_bench_taesd_arguments, run_bench_taesd
-    from engine.queue.bench import (
-        add_bench_queue_arguments,
-        add_bench_sessions_arguments,
-        run_bench_queue,
-        run_bench_sessions,
+    from bot.cli import bench_history, expand
+    from engine import bench, bench_edit, bench_previews
+    from engine.queue import bench as queue_bench
+
+    # (name, help, the module with its add_bench_<name>_arguments and run_bench_<name>)
+    benchmarks = (
+        ("expand", "expansion LLM latency and tokens/s", expand),
+        ("engine", "batched engine against plain sequential diffusers calls", bench),
+        ("queue", "fair claim and enqueue cost at several queue depths", queue_bench),
+        ("sessions", "database sessions: aiosqlite's own connection against the one-trip one", queue_bench),
+        ("history", "the delivery pass and the wait estimate against a server's past jobs", bench_history),
+        ("taesd", "TAESD against the full VAE (ms per image, PSNR) and the cost of previews", bench_previews),
+        ("edit", "edits through the engine against plain pipeline calls; describe latency", bench_edit),
     )
-
-    bench = sub.add_parser("bench", help="benchmarks that print JSON").add_subparsers(dest="bench", required=True)
-    p = bench.add_parser("expand", help="expansion LLM latency and tokens/s")
-    common(p)
-    add_bench_expand_arguments(p)
-    p.set_defaults(func=run_bench_expand)
-
-    p = bench.add_parser("engine", help="batched engine against plain sequential diffusers calls")
-    common(p)
-    add_bench_engine_arguments(p)
-    p.set_defaults(func=run_bench_engine)
-
-    p = bench.add_parser("queue", help="fair claim and enqueue cost at several queue depths")
-    common(p)
-    add_bench_queue_arguments(p)
-    p.set_defaults(func=run_bench_queue)
-
-    p = bench.add_parser("sessions", help="database sessions: aiosqlite's own connection against the one-trip one")
-    common(p)
-    add_bench_sessions_arguments(p)
-    p.set_defaults(func=run_bench_sessions)
-
-    from bot.cli.bench_history import add_bench_history_arguments, run_bench_history
-
-    p = bench.add_parser("history", help="the delivery pass and the wait estimate against a server's past jobs")
-    common(p)
-    add_bench_history_arguments(p)
-    p.set_defaults(func=run_bench_history)
-
-    p = bench.add_parser("taesd", help="TAESD against the full VAE (ms per image, PSNR) and the cost of previews")
-    common(p)
-    add_bench_taesd_arguments(p)
-    p.set_defaults(func=run_bench_taesd)
-
-    from engine.bench_edit import add_bench_edit_arguments, run_bench_edit
-
-    p = bench.add_parser("edit", help="edits through the engine against plain pipeline calls; describe latency")
-    common(p)
-    add_bench_edit_arguments(p)
-    p.set_defaults(func=run_bench_edit)
+    parsers = sub.add_parser("bench", help="benchmarks that print JSON").add_subparsers(dest="bench", required=True)
+    for name, help_text, module in benchmarks:
+        parser = parsers.add_parser(name, help=help_text)
+        common(parser)
+        getattr(module, f"add_bench_{name}_arguments")(parser)
+        parser.set_defaults(func=getattr(module, f"run_bench_{name}"))
