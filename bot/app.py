@@ -282,11 +282,10 @@ class AtelierBot(commands.Bot):
 
     async def _deliver_pass(self) -> None:
         """Claim what is ready and post each in a task of its own, so one stuck job never delays another."""
-        for job in await self.delivery.pending():
-            if await self.delivery.claim(job.id):
-                task = asyncio.create_task(self._deliver(job), name=f"atelier-deliver-{job.id}")
-                self._deliveries.add(task)
-                task.add_done_callback(self._deliveries.discard)
+        for job in await self.delivery.claim_ready():
+            task = asyncio.create_task(self._deliver(job), name=f"atelier-deliver-{job.id}")
+            self._deliveries.add(task)
+            task.add_done_callback(self._deliveries.discard)
 
     async def _deliver(self, job: JobRecord) -> None:
         async with self._sends:

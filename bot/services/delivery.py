@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from PIL import Image as PILImage
-from sqlalchemy import ColumnElement, and_, or_, select, update
+from sqlalchemy import ColumnElement, Select, and_, or_, select, update
 
 from bot.db.models import Guild, Image, Job
 from bot.services.metrics import BotMetrics
@@ -160,13 +160,12 @@ class DeliveryService:
             action=guild.flagged_images if guild else "blur",
         )
 
-    async def pending(self, limit: int = 20) -> list[JobRecord]:
+    def _ready(self, limit: int) -> Select[tuple[Job]]:
         """Ended jobs from Discord that have not been posted yet and whose back-off is over, oldest first."""
-        now = utcnow()
-        query = (
+        return (
             select(Job)
             .where(
-                # The pass runs after every commit. These three terms are the rows of the partial index
+                # The pass runs after every nudge. These three terms are the rows of the partial index
                 # ix_jobs_undelivered, so it reads only the results not yet posted, however many the
                 # server has posted before. "Ended" is said as "not waiting": SQLite would read every
                 # ended job of the status index for `status IN (…)`, and NOT IN uses no index.
@@ -175,14 +174,41 @@ class DeliveryService:
                 Job.channel_id.is_not(None),
                 Job.status.not_in([JobStatus.QUEUED, JobStatus.RUNNING]),
                 Job.delivery_attempts < MAX_DELIVERY_ATTEMPTS,
-                or_(Job.next_delivery_at.is_(None), Job.next_delivery_at <= now),
+                or_(Job.next_delivery_at.is_(None), Job.next_delivery_at <= utcnow()),
                 *self._on_my_shards(),
             )
             .order_by(Job.finished_at)
             .limit(limit)
         )
+
+    async def pending(self, limit: int = 20) -> list[JobRecord]:
+        """What claim_ready would take now, taking nothing."""
         async with self.db.sessions() as session:
-            return [JobRecord.of(job) for job in (await session.execute(query)).scalars().all()]
+            return [JobRecord.of(job) for job in (await session.execute(self._ready(limit))).scalars().all()]
+
+    async def claim_ready(self, limit: int = 20) -> list[JobRecord]:
+        """Claim what is ready to post, oldest first: each job goes to exactly one caller, across bot
+        processes. One write transaction rather than a read and then a claim per job: the pass that
+        finds a result is on the member's path to their image."""
+        async with self.db.transaction() as session:
+            ready = self._ready(limit).with_only_columns(Job.id).scalar_subquery()
+            claimed = (
+                (
+                    await session.execute(
+                        update(Job).where(Job.id.in_(ready)).values(delivered_at=utcnow()).returning(Job.id)
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            if not claimed:
+                return []
+            jobs = (
+                (await session.execute(select(Job).where(Job.id.in_(claimed)).order_by(Job.finished_at)))
+                .scalars()
+                .all()
+            )
+            return [JobRecord.of(job) for job in jobs]
 
     def _on_my_shards(self) -> list[ColumnElement[bool]]:
         if self.shards is None:

@@ -75,10 +75,13 @@ async def test_the_delivery_pass_reads_only_the_results_not_yet_posted(database:
         )
         # Finished once and back in the queue (an operator's retry): waiting, not to be posted.
         await session.execute(update(Job).where(Job.id == queued).values(status=JobStatus.QUEUED))
+    delivery = DeliveryService(database)
+    assert [job.id for job in await delivery.pending()] == [waiting]
     with statements(database) as seen:
-        pending = await DeliveryService(database).pending()
-    assert [job.id for job in pending] == [waiting]
-    statement, parameters = next((s, p) for s, p in seen if "FROM jobs" in s)
+        claimed = await delivery.claim_ready()
+    assert [job.id for job in claimed] == [waiting]
+    assert await delivery.claim_ready() == []  # claimed once
+    statement, parameters = next((s, p) for s, p in seen if s.startswith("UPDATE jobs"))
     steps = plan(settings, statement, parameters)
     assert any("ix_jobs_undelivered" in step for step in steps), steps
     assert not any(step.startswith("SCAN jobs") for step in steps), steps

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
-from bot.db.models import Image, Rating
+from bot.db.models import Image, Job, Rating
 from bot.services.delivery import DeliveryService
 from bot.services.export import export_ratings
 from bot.services.ratings import RatingService
+from engine.contract import JobStatus, utcnow
 from engine.queue.database import Database
 from tests.factories import add_job
 
@@ -99,6 +101,22 @@ async def test_the_export_gives_each_image_of_a_grid_the_seed_the_engine_drew_it
     assert await export_ratings(database, out) == 2
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [(line["image_index"], line["image_seed"]) for line in lines] == [(0, last_seed), (1, 0)]
+
+
+async def test_bots_claiming_what_is_ready_at_once_each_get_a_share_and_none_twice(database: Database) -> None:
+    ids = [await add_job(database, user_id=i) for i in range(12)]
+    async with database.transaction() as session:
+        await session.execute(
+            update(Job).where(Job.id.in_(ids)).values(status=JobStatus.SUCCEEDED, channel_id=5, finished_at=utcnow())
+        )
+    bots = [DeliveryService(Database(database.url)) for _ in range(3)]
+    try:
+        shares = await asyncio.gather(*(bot.claim_ready(limit=5) for bot in bots for _ in range(2)))
+    finally:
+        for bot in bots:
+            await bot.db.dispose()
+    claimed = [job.id for share in shares for job in share]
+    assert sorted(claimed) == sorted(ids)  # every result claimed, none twice
 
 
 async def test_delivery_claim_is_exclusive(database: Database) -> None:
