@@ -138,13 +138,17 @@ class EngineWorker:
                     continue
                 lone = was_idle and len(jobs) == 1
                 await self._run_claim(_Claim(jobs), gather=not lone)
-                if lone:
-                    # Recorded before the next look: on an idle server that look finds nothing, and run
-                    # beside the recording it only holds up the member's image. Under load the next
-                    # claim still overlaps the recording of the last batch.
-                    await self._drain()
-                was_idle = False
                 idle_since = time.monotonic()
+                if lone:
+                    # An idle server: the result is recorded first, and the next look waits for a job to
+                    # be published (at once if one was, meanwhile) or the poll interval. A look straight
+                    # away would find nothing, and run beside the recording and the bot's delivery it
+                    # only holds up the member's image. Under load the next claim still overlaps the
+                    # recording of the last batch.
+                    await self._drain()
+                    await self._wait_for_work()
+                    continue
+                was_idle = False
         finally:
             try:
                 await self._drain()
