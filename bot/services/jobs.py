@@ -328,8 +328,9 @@ class JobService:
     async def screen(self, request: ImagineRequest) -> tuple[Guild | None, Resolved]:
         """Everything that can refuse a request before any model time is spent on it (a ban, a bad
         option, moderation, the quota), writing nothing but a refused prompt's moderation event."""
-        # One read transaction for all of it: each one costs a round trip of its own.
-        async with self.db.sessions() as session:
+        # One session for all of it, without a transaction: each statement is one trip to the database's
+        # thread. They need no common snapshot: the reservation checks the quota again as it writes.
+        async with self.db.glances() as session:
             # The guild is read once per request: the checks below and the reservation all use this copy.
             guild = await session.get(Guild, request.guild_id)
             member = await session.get(Member, (request.guild_id, request.user_id))
@@ -664,7 +665,7 @@ class JobService:
 
     async def progress(self, job_id: str) -> Progress:
         """Where a job stands: its place in the queue and a wait estimate, or its denoising step."""
-        async with self.db.sessions() as session:
+        async with self.db.glances() as session:
             job = await session.get(Job, job_id)
             if job is None:
                 raise NotFound("errors.no_job", job_id=job_id[:40])

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 30_000
 WRITE_OPTION = "atelier_write"
+GLANCE_OPTION = "atelier_glance"
 # How often a CommitWatch looks for a commit by another connection. A look is one read of a counter on
 # a connection of its own (no lock, no transaction), so it can be frequent. Where the kernel reports
 # changes to the database's files (inotify), a commit wakes the watch at once and the looks are only
@@ -75,8 +76,10 @@ def create_engine(url: str, *, one_trip: bool = True) -> AsyncEngine:
         # serialised across processes and every writer waits on busy_timeout rather than erroring. A
         # reader never takes it: in WAL mode it reads a snapshot while a writer works, so `atelier
         # export` or /stats never wait for (or fail on) an engine's writes.
-        writing = connection.get_execution_options().get(WRITE_OPTION, False)
-        connection.exec_driver_sql("BEGIN IMMEDIATE" if writing else "BEGIN")
+        options = connection.get_execution_options()
+        if options.get(GLANCE_OPTION, False):
+            return  # Database.glances: each statement reads on its own, no transaction to begin or end
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if options.get(WRITE_OPTION, False) else "BEGIN")
 
     return engine
 
@@ -88,6 +91,12 @@ class Database:
         self.url = url
         self.engine = create_engine(url, one_trip=one_trip)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        # Reads whose statements need no common snapshot (each sees the latest commit), on the paths
+        # that run most: a statement is then one trip to the connection's thread, with no BEGIN before
+        # it and no ROLLBACK after. Reads only: a write in one would commit on its own.
+        self.glances = async_sessionmaker(
+            self.engine.execution_options(**{GLANCE_OPTION: True}), expire_on_commit=False
+        )
         self._writing = async_sessionmaker(
             self.engine.execution_options(**{WRITE_OPTION: True}), expire_on_commit=False
         )

@@ -176,7 +176,7 @@ class SqliteQueue:
         if models:
             statement = statement.bindparams(bindparam("models", expanding=True))
             values["models"] = models
-        async with self.db.sessions() as session:
+        async with self.db.glances() as session:
             due, expired = (await session.execute(statement, values)).one()
         return bool(due), bool(expired)
 

@@ -50,6 +50,17 @@ async def test_a_short_read_or_write_makes_three_trips_to_the_connection_thread(
     assert trips == ["_run", "_run", "commit"]  # BEGIN IMMEDIATE, the INSERT, the COMMIT
 
 
+async def test_a_glance_is_one_trip_a_statement_and_sees_each_latest_commit(db: Database, trips: list[str]) -> None:
+    async with db.glances() as session:
+        assert (await session.execute(text("SELECT count(*) FROM notes"))).scalar_one() == 0
+        assert trips == ["_run"]  # no BEGIN before it
+        async with db.transaction() as writer:  # another connection commits between two statements
+            await writer.execute(text("INSERT INTO notes (body) VALUES ('new')"))
+        # No snapshot holds the first statement's view: the second one sees the commit.
+        assert (await session.execute(text("SELECT count(*) FROM notes"))).scalar_one() == 1
+    assert trips[-1] == "_run"  # and no ROLLBACK after
+
+
 async def test_rows_counts_and_new_ids_are_what_sqlite_reports(db: Database) -> None:
     async with db.transaction() as session:
         inserted = await session.execute(text("INSERT INTO notes (body, seen) VALUES ('first', 0)"))
