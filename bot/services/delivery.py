@@ -188,10 +188,15 @@ class DeliveryService:
 
     async def claim_ready(self, limit: int = 20) -> list[JobRecord]:
         """Claim what is ready to post, oldest first: each job goes to exactly one caller, across bot
-        processes. One write transaction rather than a read and then a claim per job: the pass that
-        finds a result is on the member's path to their image."""
+        processes. A glance first, so that a pass with nothing to post (most of them) never takes the
+        write lock nor waits for an engine's; then one write transaction rather than a read and then a
+        claim per job: the pass that finds a result is on the member's path to their image."""
+        ready_ids = self._ready(limit).with_only_columns(Job.id)
+        async with self.db.glances() as session:
+            if (await session.execute(ready_ids.limit(1))).first() is None:
+                return []
         async with self.db.transaction() as session:
-            ready = self._ready(limit).with_only_columns(Job.id).scalar_subquery()
+            ready = ready_ids.scalar_subquery()
             claimed = (
                 (
                     await session.execute(
