@@ -177,6 +177,7 @@ class CommitWatch:
         self.topic = topic
         self._connection: aiosqlite.Connection | None = None
         self._seen: int | None = None
+        self._resync = False
         self._notices: FileNotices | None = None
 
     async def wait(self, timeout: float, stop: asyncio.Event) -> bool:
@@ -192,6 +193,8 @@ class CommitWatch:
                 return False
             return True
         nudged = self.topic is not None and self._notices is not None
+        if self._resync:
+            self._seen, self._resync = version, False
         if version != self._seen and not nudged:
             self._seen = version
             return True
@@ -200,7 +203,9 @@ class CommitWatch:
             if self._notices is not None:
                 noticed = await self._notices.wait(min(WATCH_SECONDS_WITH_NOTICES, remaining), stop)
                 if noticed and nudged:
-                    self._seen = await self._version()
+                    # The counter is noted at the start of the next wait, which the caller makes at once:
+                    # no trip to the watch's thread stands between the nudge and the caller's answer.
+                    self._resync = True
                     return True
             else:
                 await wait_for_event(stop, min(WATCH_SECONDS, remaining))
@@ -223,7 +228,7 @@ class CommitWatch:
 
     async def close(self) -> None:
         # aiosqlite's thread is not a daemon: a connection left open would keep the process alive.
-        connection, self._connection, self._seen = self._connection, None, None
+        connection, self._connection, self._seen, self._resync = self._connection, None, None, False
         notices, self._notices = self._notices, None
         if notices is not None:
             notices.close()
