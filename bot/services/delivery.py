@@ -221,17 +221,6 @@ class DeliveryService:
         count, ids = self.shards
         return [(Job.guild_id.op(">>")(22) % count).in_(ids)]
 
-    async def claim(self, job_id: str) -> bool:
-        """True for exactly one caller, even across bot processes."""
-        async with self.db.transaction() as session:
-            claimed = await session.execute(
-                update(Job)
-                .where(Job.id == job_id, Job.delivered_at.is_(None))
-                .values(delivered_at=utcnow())
-                .returning(Job.id)
-            )
-            return claimed.scalar_one_or_none() is not None
-
     async def unclaim(self, job_id: str, error: str = "") -> str:
         """Posting failed: try again after a back-off that doubles (with jitter, up to a cap); after
         MAX_DELIVERY_ATTEMPTS the job is undeliverable and its quota is given back, once. Returns the

@@ -119,14 +119,21 @@ async def test_bots_claiming_what_is_ready_at_once_each_get_a_share_and_none_twi
     assert sorted(claimed) == sorted(ids)  # every result claimed, none twice
 
 
-async def test_delivery_claim_is_exclusive(database: Database) -> None:
+async def test_a_result_given_back_after_a_failed_post_is_claimed_again_once(database: Database) -> None:
     job_id = await add_job(database)
-    first, second = DeliveryService(database), DeliveryService(Database(database.url))
+    async with database.transaction() as session:
+        await session.execute(
+            update(Job).where(Job.id == job_id).values(status=JobStatus.SUCCEEDED, channel_id=5, finished_at=utcnow())
+        )
+    # No back-off, so that the result is ready again as soon as it is given back.
+    first = DeliveryService(database, backoff_base_seconds=0.0)
+    second = DeliveryService(Database(database.url), backoff_base_seconds=0.0)
     try:
-        assert await first.claim(job_id)
-        assert not await second.claim(job_id)
-        await first.unclaim(job_id)
-        assert await second.claim(job_id)
+        assert [job.id for job in await first.claim_ready()] == [job_id]
+        assert await second.claim_ready() == []
+        assert await first.unclaim(job_id, "503 Service Unavailable") == "pending"
+        assert [job.id for job in await second.claim_ready()] == [job_id]
+        assert await first.claim_ready() == []
     finally:
         await second.db.dispose()
 
