@@ -1,4 +1,4 @@
-"""`atelier bench expand|engine|queue|sessions|history|taesd|edit`: benchmarks that print JSON."""
+"""`atelier bench expand|engine|queue|sessions|history|sheet|taesd|edit`: benchmarks that print JSON."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 
 def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
-    from bot.cli import bench_history, expand
+    from bot.cli import bench_history, bench_sheet, expand
     from engine import bench, bench_edit, bench_previews
     from engine.queue import bench as queue_bench
 
@@ -19,6 +19,7 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> Non
         ("queue", "fair claim and enqueue cost at several queue depths", queue_bench),
         ("sessions", "database sessions: aiosqlite's own connection against the one-trip one", queue_bench),
         ("history", "the delivery pass and the wait estimate against a server's past jobs", bench_history),
+        ("sheet", "the contact sheet of a job's images: zlib level 6 against Atelier's", bench_sheet),
         ("taesd", "TAESD against the full VAE (ms per image, PSNR) and the cost of previews", bench_previews),
         ("edit", "edits through the engine against plain pipeline calls; describe latency", bench_edit),
     )

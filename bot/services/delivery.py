@@ -63,7 +63,14 @@ def mask_overlay(source_path: str, mask_path: str, *, side: int = MASK_PREVIEW_S
     return buffer.getvalue()
 
 
-def grid(pngs: list[bytes]) -> bytes:
+# zlib's fastest level for the contact sheet: the same pixels (PNG is lossless) in about half the time,
+# for a file about 13% larger (`atelier bench sheet`). It is drawn for every delivery of a job of
+# several images, on the member's path to them, and at level 6 four 512² images took a third of a
+# second of the bot's CPU.
+SHEET_COMPRESS_LEVEL = 1
+
+
+def grid(pngs: list[bytes], *, compress_level: int = SHEET_COMPRESS_LEVEL) -> bytes:
     """Two-by-two (or one-row) contact sheet of a job's images, for one attachment in the channel."""
     images = [PILImage.open(io.BytesIO(png)).convert("RGB") for png in pngs]
     width, height = images[0].size
@@ -73,7 +80,7 @@ def grid(pngs: list[bytes]) -> bytes:
     for i, image in enumerate(images):
         sheet.paste(image, ((i % columns) * width, (i // columns) * height))
     buffer = io.BytesIO()
-    sheet.save(buffer, format="PNG")
+    sheet.save(buffer, format="PNG", compress_level=compress_level)
     return buffer.getvalue()
 
 

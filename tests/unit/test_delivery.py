@@ -45,6 +45,22 @@ def test_grid_places_four_images_two_by_two() -> None:
         assert sheet.getpixel((12, 2)) == (0, 128, 0)
 
 
+def test_the_fast_sheet_has_the_same_pixels_as_pillows_default() -> None:
+    import numpy as np
+
+    tiles = []
+    for seed in range(4):
+        buffer = io.BytesIO()
+        Image.fromarray(np.random.default_rng(seed).integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(
+            buffer, format="PNG"
+        )
+        tiles.append(buffer.getvalue())
+    fast, default = grid(tiles), grid(tiles, compress_level=6)
+    assert fast != default  # encoded differently…
+    with Image.open(io.BytesIO(fast)) as one, Image.open(io.BytesIO(default)) as other:
+        assert np.array_equal(np.asarray(one), np.asarray(other))  # …to the same pixels
+
+
 def test_compute_units_are_megapixels_times_steps_times_images() -> None:
     params = JobSpec(
         kind="txt2img",
