@@ -92,7 +92,7 @@ class Job(Base):
         Index("ix_jobs_lane", "status", "model", "user_id", "created_at", "id", "available_at"),
         # Partial indexes hold only the rows their reader wants, so its cost follows them rather than
         # the server's history: the results not yet posted, read by the delivery pass after every
-        # commit (bot/services/delivery.py), and the finished jobs whose recent cost the wait
+        # nudge (bot/services/delivery.py), and the finished jobs whose recent cost the wait
         # estimate averages (JobService.progress).
         Index("ix_jobs_undelivered", "finished_at", sqlite_where=text(UNDELIVERED_SQL)),
         Index("ix_jobs_costed", "finished_at", "gpu_seconds", sqlite_where=text(COSTED_SQL)),

@@ -143,14 +143,21 @@ def _database_file(url: str) -> str | None:
     return watched if watched and watched != ":memory:" else None
 
 
-def nudge(url: str, topic: str) -> None:
-    """After a commit that concerns whoever waits for ``topic``: touch the database's ``-topic`` file,
-    which the kernel reports at once to every watch of that topic. A watch that misses it (no inotify)
-    still finds the commit by its counter."""
+def news_file(database: Path, topic: str) -> Path:
+    """The file beside the database that is touched to nudge the watches of ``topic``."""
+    return database.with_name(f"{database.name}-{topic}")
+
+
+def news_files(url: str) -> dict[str, Path]:
+    """Each topic's file for the database of ``url``: none for an in-memory one, with no file to watch."""
     database = _database_file(url)
-    if database is None:
-        return
-    path = Path(f"{database}-{topic}")
+    return {} if database is None else {topic: news_file(Path(database), topic) for topic in (QUEUE_NEWS, RESULT_NEWS)}
+
+
+def nudge(path: Path) -> None:
+    """After a commit that concerns whoever waits for a topic: touch the topic's file (news_file), which
+    the kernel reports at once to every watch of that topic. A watch that misses it (no inotify) still
+    finds the commit by its counter."""
     try:
         os.utime(path)
     except FileNotFoundError:
@@ -264,7 +271,7 @@ class FileNotices:
             inotify.close()
             log.debug("cannot watch %s: the database watch polls", database.parent, exc_info=True)
             return None
-        names = {f"{database.name}-{topic}"} if topic else {database.name, f"{database.name}-wal"}
+        names = {news_file(database, topic).name} if topic else {database.name, f"{database.name}-wal"}
         return cls(inotify, names)
 
     async def wait(self, timeout: float, stop: asyncio.Event) -> bool:

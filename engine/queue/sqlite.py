@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from engine.contract import ClaimedJob, JobResult, JobStatus, LeaseState, QueuedJob, utcnow
 from engine.queue import ledger
-from engine.queue.database import QUEUE_NEWS, RESULT_NEWS, CommitWatch, nudge
+from engine.queue.database import QUEUE_NEWS, RESULT_NEWS, CommitWatch, news_files, nudge
 from engine.queue.ledger import jobs, workers
 
 if TYPE_CHECKING:
@@ -111,13 +111,16 @@ class SqliteQueue:
     def __init__(self, database: Database, settings: EngineSettings) -> None:
         self.db = database
         self.settings = settings
-        # Engines claim when another connection committed something (a new job, perhaps) or at the poll
-        # interval; a claim takes the write lock only when its look finds work (see _look). An in-memory
-        # database has nothing to watch: the worker just polls.
+        # Engines claim when a job is published (a nudge), at their watch's next look after any other
+        # commit, or at the poll interval; a claim takes the write lock only when its look finds work
+        # (see _look). An in-memory database has nothing to watch: the worker just polls.
         self._watch = CommitWatch(database.url, topic=QUEUE_NEWS)
+        self._news = news_files(database.url)  # worked out once: nudges come after most commits
 
     def _tell(self, topic: str) -> None:
-        nudge(self.db.url, topic)
+        path = self._news.get(topic)
+        if path is not None:
+            nudge(path)
 
     async def publish(self, job: QueuedJob) -> None:
         """Nothing to send, the committed row is the queue entry: the engines are only told of it."""
@@ -266,7 +269,9 @@ class SqliteQueue:
         covers them.
 
         Each return notes the counter before the caller claims again, so a commit that lands during that
-        claim still wakes the next wait. The first call only takes that first note.
+        claim still wakes the next wait. After a nudge the note is taken at the start of the next wait
+        instead, so there only a nudge during the claim does (see CommitWatch.wait). The first call only
+        takes that first note.
         """
         return await self._watch.wait(timeout, stop)
 
