@@ -31,6 +31,7 @@ from bot.services.jobs import ImagineRequest, recent_compute_seconds
 from bot.services.records import MAX_DELIVERY_ATTEMPTS
 from engine.config import ConfigError
 from engine.contract import JobStatus, utcnow
+from engine.queue.bench import whole_numbers
 from engine.timing import percentile
 
 
@@ -43,12 +44,7 @@ def add_bench_history_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_bench_history(args: argparse.Namespace) -> int:
-    try:
-        sizes = [int(part) for part in args.past.split(",") if part.strip()]
-    except ValueError:
-        sizes = []
-    if not sizes or min(sizes) < 1:
-        raise ConfigError(f"--past: expected comma-separated whole numbers of at least 1, got {args.past!r}")
+    sizes = whole_numbers(args.past, flag="--past", minimum=1)
     if args.reads < 1:
         raise ConfigError("--reads must be at least 1")
     report = {"results": [asyncio.run(_measure(size, args.reads)) for size in sizes]}

@@ -17,6 +17,7 @@ from typing import Any
 
 from bot.services.delivery import SHEET_COMPRESS_LEVEL, grid
 from engine.config import ConfigError
+from engine.queue.bench import whole_numbers
 from engine.timing import percentile
 
 PLAIN_LEVEL = 6
@@ -29,12 +30,7 @@ def add_bench_sheet_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_bench_sheet(args: argparse.Namespace) -> int:
-    try:
-        sides = [int(part) for part in args.side.split(",") if part.strip()]
-    except ValueError:
-        sides = []
-    if not sides or min(sides) < 8:
-        raise ConfigError(f"--side: expected comma-separated whole numbers of at least 8, got {args.side!r}")
+    sides = whole_numbers(args.side, flag="--side", minimum=8)
     if args.rounds < 1:
         raise ConfigError("--rounds must be at least 1")
     report = {"results": [_measure(side, args.rounds) for side in sides]}

@@ -85,6 +85,19 @@ def parse_depths(text: str) -> list[int]:
     return depths
 
 
+def whole_numbers(text: str, *, flag: str, minimum: int) -> list[int]:
+    """A benchmark's comma-separated sizes; ConfigError (one line, exit 2) unless each is at least ``minimum``."""
+    from engine.config import ConfigError
+
+    try:
+        numbers = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        numbers = []
+    if not numbers or min(numbers) < minimum:
+        raise ConfigError(f"{flag}: expected comma-separated whole numbers of at least {minimum}, got {text!r}")
+    return numbers
+
+
 def run_bench_queue(args: argparse.Namespace) -> int:
     from engine.config import ConfigError
 
