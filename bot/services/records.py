@@ -16,6 +16,10 @@ from engine.contract import JobStatus, image_seed
 MAX_DELIVERY_ATTEMPTS = 8
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from sqlalchemy import Row
+
     from bot.db.models import Image, Job
 
 
@@ -33,7 +37,7 @@ class ImageRecord:
     alignment: float | None = None  # CLIP similarity to the member's own words
 
     @classmethod
-    def of(cls, image: Image, job_seed: int) -> ImageRecord:
+    def of(cls, image: Image | Row[Any], job_seed: int) -> ImageRecord:
         return cls(
             id=image.id,
             index=image.index,
@@ -96,10 +100,12 @@ class JobRecord:
     images: tuple[ImageRecord, ...]
 
     @classmethod
-    def of(cls, job: Job) -> JobRecord:
-        """Built inside the session that read ``job`` (its images are loaded with it)."""
+    def of(cls, job: Job | Row[Any], images: Iterable[Image | Row[Any]] | None = None) -> JobRecord:
+        """Built inside the session that read ``job`` (its images are loaded with it), or from a row
+        of the jobs table and the rows of its images, in index order."""
         fields = {name: getattr(job, name) for name in cls.__dataclass_fields__ if name != "images"}
-        return cls(**fields, images=tuple(ImageRecord.of(image, job.seed) for image in job.images))
+        loaded = job.images if images is None else images
+        return cls(**fields, images=tuple(ImageRecord.of(image, job.seed) for image in loaded))
 
     @property
     def terminal(self) -> bool:

@@ -12,6 +12,7 @@ from bot.db.models import Image, Job, Rating
 from bot.services.delivery import DeliveryService
 from bot.services.export import export_ratings
 from bot.services.ratings import RatingService
+from bot.services.records import JobRecord
 from engine.contract import JobStatus, utcnow
 from engine.queue.database import Database
 from tests.factories import add_job
@@ -117,6 +118,46 @@ async def test_bots_claiming_what_is_ready_at_once_each_get_a_share_and_none_twi
             await bot.db.dispose()
     claimed = [job.id for share in shares for job in share]
     assert sorted(claimed) == sorted(ids)  # every result claimed, none twice
+
+
+async def test_a_claimed_result_carries_the_same_record_as_the_job_read_alone(database: Database) -> None:
+    """The claim reads rows, not ORM objects: every field, the JSON ones and the images in index order
+    among them, must come out as the ORM gives them."""
+    job_id = await add_job(database)
+    async with database.transaction() as session:
+        for index in (2, 0, 1):
+            session.add(
+                Image(
+                    job_id=job_id,
+                    index=index,
+                    seed=40 + index,
+                    path=f"/tmp/{index}.png",
+                    width=64,
+                    height=64,
+                    size_bytes=1,
+                    sha256=str(index) * 64,
+                    score=index / 10,
+                )
+            )
+        await session.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(
+                status=JobStatus.SUCCEEDED,
+                channel_id=5,
+                finished_at=utcnow(),
+                gpu_seconds=0.25,
+                candidates=[{"seed": 41, "score": 0.1}],
+                outcome={"mask": "/tmp/mask.png"},
+                scoring=False,
+            )
+        )
+    [claimed] = await DeliveryService(database).claim_ready()
+    async with database.sessions() as session:
+        alone = JobRecord.of(await session.get_one(Job, job_id))
+    assert claimed == alone
+    assert [image.index for image in claimed.images] == [0, 1, 2]
+    assert claimed.delivered_at is not None and claimed.candidates == [{"seed": 41, "score": 0.1}]
 
 
 async def test_a_result_given_back_after_a_failed_post_is_claimed_again_once(database: Database) -> None:
