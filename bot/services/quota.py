@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from datetime import date, datetime, time, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, bindparam, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.db.models import Guild, Job, Quota, QuotaScope, Usage
@@ -56,6 +56,40 @@ def day_of(moment: datetime) -> date:
     return moment.date()
 
 
+def _usage_summary() -> Select[tuple[int, float, int]]:
+    """What a member has used today and how many of their jobs wait or run, in one statement: every
+    statement is a trip to the database's thread. Built once, like _OVERRIDES: a submit reads both
+    twice (screening, then the reservation), and building a statement cost more than running it."""
+    used_today = (
+        select(
+            func.coalesce(func.sum(Usage.images), 0).label("images"),
+            func.coalesce(func.sum(Usage.compute_units), 0.0).label("units"),
+        )
+        .where(
+            Usage.guild_id == bindparam("guild_id"),
+            Usage.user_id == bindparam("user_id"),
+            Usage.day == bindparam("day"),
+            Usage.refunded_at.is_(None),
+        )
+        .subquery()
+    )
+    running_now = (
+        select(func.count())
+        .select_from(Job)
+        .where(
+            Job.guild_id == bindparam("guild_id"),
+            Job.user_id == bindparam("user_id"),
+            Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]),
+        )
+        .scalar_subquery()
+    )
+    return select(used_today.c.images, used_today.c.units, running_now)
+
+
+_USAGE_SUMMARY = _usage_summary()
+_OVERRIDES = select(Quota).where(Quota.guild_id == bindparam("guild_id"))
+
+
 def next_reset(moment: datetime) -> datetime:
     return datetime.combine(moment.date() + timedelta(days=1), time.min)
 
@@ -89,7 +123,7 @@ class QuotaService:
         budget = self.default.merged_with(guild) if guild is not None else self.default
         if guild is None:
             return budget
-        overrides = (await session.execute(select(Quota).where(Quota.guild_id == guild.id))).scalars().all()
+        overrides = (await session.execute(_OVERRIDES, {"guild_id": guild.id})).scalars().all()
         roles = set(role_ids)
         role_budgets = [budget.merged_with(q) for q in overrides if q.scope == QuotaScope.ROLE and q.target_id in roles]
         if role_budgets:
@@ -112,28 +146,8 @@ class QuotaService:
         now: datetime | None = None,
     ) -> UsageSummary:
         now = now or utcnow()
-        used_today = select(
-            func.coalesce(func.sum(Usage.images), 0).label("images"),
-            func.coalesce(func.sum(Usage.compute_units), 0.0).label("units"),
-        ).where(
-            Usage.guild_id == guild_id,
-            Usage.user_id == user_id,
-            Usage.day == day_of(now),
-            Usage.refunded_at.is_(None),
-        )
-        running_now = (
-            select(func.count())
-            .select_from(Job)
-            .where(
-                Job.guild_id == guild_id,
-                Job.user_id == user_id,
-                Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]),
-            )
-            .scalar_subquery()
-        )
-        # One statement for both: every statement is a trip to the database's thread.
-        used = used_today.subquery()
-        images, units, running = (await session.execute(select(used.c.images, used.c.units, running_now))).one()
+        values = {"guild_id": guild_id, "user_id": user_id, "day": day_of(now)}
+        images, units, running = (await session.execute(_USAGE_SUMMARY, values)).one()
         budget = await self.budget(session, guild, user_id, role_ids)
         return UsageSummary(int(images), float(units), int(running), budget, next_reset(now))
 
