@@ -149,6 +149,30 @@ def test_window_keeps_the_front_whole_and_adds_whole_details_while_they_fit() ->
     assert approximate_tokens(text) <= 30 < approximate_tokens(f"{text}, {details[len(used)]}")
 
 
+def test_window_takes_as_many_details_as_adding_them_one_by_one_would() -> None:
+    details = [f"detail {'word ' * (i % 4)}{i}" for i in range(12)]
+    for window in range(4, 70):
+        expected, used = cut_to_window(PROMPT, approximate_tokens, window), []
+        for detail in details:
+            if approximate_tokens(f"{expected}, {detail}") > window:
+                break
+            expected, used = f"{expected}, {detail}", [*used, detail]
+        assert fit_to_window(PROMPT, details, approximate_tokens, window) == (expected, used), window
+
+
+def test_window_counts_once_more_than_the_front_when_every_detail_fits() -> None:
+    counted: list[str] = []
+
+    def count(text: str) -> int:
+        counted.append(text)
+        return approximate_tokens(text)
+
+    details = [f"detail {i}" for i in range(10)]
+    text, used = fit_to_window(PROMPT, details, count, 200)
+    assert used == details and text == ", ".join([PROMPT, *details])
+    assert counted == [PROMPT, text]  # the front, then everything at once: not a call per detail
+
+
 def test_a_front_past_the_window_is_cut_and_nothing_added() -> None:
     long_prompt = "word " * 100
     text, used = fit_to_window(long_prompt, ["soft light"], approximate_tokens, 77)

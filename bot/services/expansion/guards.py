@@ -308,16 +308,28 @@ def cut_to_window(text: str, count_tokens: Callable[[str], int], window: int) ->
 def fit_to_window(
     front: str, details: list[str], count_tokens: Callable[[str], int], window: int
 ) -> tuple[str, list[str]]:
-    """The front (cut only if it alone is past the window), then whole details while they fit."""
+    """The front (cut only if it alone is past the window), then whole details while they fit.
+
+    Each try is a tokenizer call on every request's path, and a preset adds eight or more details:
+    all of them usually fit, so that is tried first, and otherwise the longest prefix that fits is
+    found by halving, as cut_to_window does (a prompt's tokens only grow as words are added)."""
     text = cut_to_window(front, count_tokens, window)
-    used: list[str] = []
-    for detail in details:
-        candidate = f"{text}, {detail}" if text else detail
-        if count_tokens(candidate) > window:
-            break
-        text = candidate
-        used.append(detail)
-    return text, used
+
+    def joined(taken: int) -> str:
+        return ", ".join([text, *details[:taken]] if text else details[:taken])
+
+    low, high = 0, len(details)  # invariant: details[:low] fit, details[:high + 1] do not
+    if count_tokens(joined(high)) > window:
+        high -= 1
+        while low < high:
+            middle = (low + high + 1) // 2
+            if count_tokens(joined(middle)) <= window:
+                low = middle
+            else:
+                high = middle - 1
+    else:
+        low = high
+    return joined(low), details[:low]
 
 
 def approximate_tokens(text: str) -> int:
