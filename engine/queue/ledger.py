@@ -252,7 +252,10 @@ async def record_successes(session: AsyncSession, successes: list[Success]) -> l
     recorded = [s for s in successes if s.job_id in owned]
     if recorded:
         now = utcnow()
-        costs = [{"b_id": s.job_id, "b_gpu_seconds": s.result.gpu_seconds, "b_attempt": s.attempt} for s in recorded]
+        costs = [
+            {"b_id": s.job_id, "b_gpu_seconds": s.result.gpu_seconds, "b_attempt": s.attempt, "b_now": now}
+            for s in recorded
+        ]
         outcomes = [
             {
                 **cost,
@@ -263,28 +266,9 @@ async def record_successes(session: AsyncSession, successes: list[Success]) -> l
             }
             for s, cost in zip(recorded, costs, strict=True)
         ]
-        await session.execute(
-            jobs.update()
-            .where(jobs.c.id == bindparam("b_id"))
-            .values(
-                status=JobStatus.SUCCEEDED,
-                finished_at=now,
-                lease_owner=None,
-                lease_expires_at=None,
-                gpu_seconds=bindparam("b_gpu_seconds"),
-                # The attempt that produced the result counts even when its start was never applied
-                # (a Redis result event may be applied before the start event of the same attempt).
-                attempts=_at_least(bindparam("b_attempt")),
-                error=None,
-                scorer=bindparam("b_scorer"),
-                candidates=bindparam("b_candidates", type_=JSON),
-                explanation=bindparam("b_explanation", type_=JSON),
-                outcome=bindparam("b_outcome", type_=JSON),
-            ),
-            outcomes,
-        )
+        await session.execute(_RECORD_SUCCESS, outcomes)
         # A job run twice (a lost lease) overwrote its files; its rows are replaced the same way.
-        await session.execute(delete(images).where(images.c.job_id.in_([s.job_id for s in recorded])))
+        await session.execute(_FORGET_IMAGES, {"ids": [s.job_id for s in recorded]})
         image_rows = [
             {
                 "job_id": s.job_id,
@@ -304,11 +288,8 @@ async def record_successes(session: AsyncSession, successes: list[Success]) -> l
             for image, path in zip(s.result.images, s.paths, strict=True)
         ]
         if image_rows:  # an empty list would be an INSERT of no values, which is an error
-            await session.execute(insert(images), image_rows)
-        await session.execute(
-            usage.update().where(usage.c.job_id == bindparam("b_id")).values(gpu_seconds=bindparam("b_gpu_seconds")),
-            costs,
-        )
+            await session.execute(_ADD_IMAGES, image_rows)
+        await session.execute(_RECORD_COST, costs)
     return [s.job_id in owned for s in successes]
 
 
@@ -318,6 +299,32 @@ def _open(success: Success) -> ColumnElement[bool]:
 
 def _at_least(attempt: Any) -> Any:
     return func.max(jobs.c.attempts, attempt)
+
+
+# record_successes' statements, built once: on a 2-core host building one cost as much as running it,
+# and they are on the path of every result to its member.
+_RECORD_SUCCESS = (
+    jobs.update()
+    .where(jobs.c.id == bindparam("b_id"))
+    .values(
+        status=JobStatus.SUCCEEDED,
+        finished_at=bindparam("b_now", type_=DateTime),
+        lease_owner=None,
+        lease_expires_at=None,
+        gpu_seconds=bindparam("b_gpu_seconds"),
+        # The attempt that produced the result counts even when its start was never applied
+        # (a Redis result event may be applied before the start event of the same attempt).
+        attempts=_at_least(bindparam("b_attempt")),
+        error=None,
+        scorer=bindparam("b_scorer"),
+        candidates=bindparam("b_candidates", type_=JSON),
+        explanation=bindparam("b_explanation", type_=JSON),
+        outcome=bindparam("b_outcome", type_=JSON),
+    )
+)
+_FORGET_IMAGES = delete(images).where(images.c.job_id.in_(bindparam("ids", expanding=True)))
+_ADD_IMAGES = insert(images)
+_RECORD_COST = usage.update().where(usage.c.job_id == bindparam("b_id")).values(gpu_seconds=bindparam("b_gpu_seconds"))
 
 
 async def mark_started(session: AsyncSession, job_id: str, attempt: int) -> None:

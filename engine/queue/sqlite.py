@@ -12,7 +12,7 @@ import socket
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import String, bindparam, case, cast, func, select, text, update
+from sqlalchemy import DateTime, String, bindparam, case, cast, func, select, text, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -83,8 +83,30 @@ SELECT EXISTS (SELECT 1 FROM jobs INDEXED BY ix_jobs_lane
                WHERE status = 'queued' {models} AND +available_at <= :now),
        EXISTS (SELECT 1 FROM jobs WHERE status = 'running' AND lease_expires_at < :now)
 """
+# Built once, for an engine of some models and for one of any.
+_LOOKS = {
+    True: text(_LOOK_SQL.format(models="AND model IN :models")).bindparams(bindparam("models", expanding=True)),
+    False: text(_LOOK_SQL.format(models="")),
+}
 # Lanes read per statement: SQLite allows 500 terms in one compound SELECT.
 _LANES_PER_STATEMENT = 100
+
+
+# The claim itself, built once (it runs for every job, on its member's path to the image).
+_CLAIM = (
+    update(jobs)
+    .where(jobs.c.id.in_(bindparam("ids", expanding=True)))
+    .values(
+        status=JobStatus.RUNNING,
+        attempts=jobs.c.attempts + 1,
+        lease_owner=bindparam("worker", type_=String) + ":" + cast(jobs.c.attempts + 1, String),
+        lease_expires_at=bindparam("expires", type_=DateTime),
+        started_at=func.coalesce(jobs.c.started_at, bindparam("now", type_=DateTime)),
+    )
+    .returning(
+        jobs.c.id, jobs.c.user_id, jobs.c.attempts, jobs.c.max_attempts, jobs.c.lease_owner, *ledger.SPEC_COLUMNS
+    )
+)
 
 
 def _heads_sql(model_count: int | None) -> str:
@@ -144,25 +166,8 @@ class SqliteQueue:
             ids = await self._pick(session, params, wanted)
             if ids:
                 # Picking then updating is atomic: the IMMEDIATE transaction holds the write lock throughout.
-                rows = await session.execute(
-                    update(jobs)
-                    .where(jobs.c.id.in_(ids))
-                    .values(
-                        status=JobStatus.RUNNING,
-                        attempts=jobs.c.attempts + 1,
-                        lease_owner=worker_id + ":" + cast(jobs.c.attempts + 1, String),
-                        lease_expires_at=params["expires"],
-                        started_at=func.coalesce(jobs.c.started_at, now),
-                    )
-                    .returning(
-                        jobs.c.id,
-                        jobs.c.user_id,
-                        jobs.c.attempts,
-                        jobs.c.max_attempts,
-                        jobs.c.lease_owner,
-                        *ledger.SPEC_COLUMNS,
-                    )
-                )
+                values = {"ids": ids, "worker": worker_id, "expires": params["expires"], "now": now}
+                rows = await session.execute(_CLAIM, values)
                 claimed = {row.id: _claimed(row) for row in rows}
         if expired:
             self._tell(RESULT_NEWS)  # a job out of tries has ended: its member is to be told
@@ -174,13 +179,11 @@ class SqliteQueue:
         it: engines look after every commit (most of them a submit, a progress step or a result, not
         work for them), and an empty claim must not make the member whose result is being recorded
         wait behind it."""
-        statement = text(_LOOK_SQL.format(models="AND model IN :models" if models else ""))
         values: dict[str, Any] = {"now": now}
         if models:
-            statement = statement.bindparams(bindparam("models", expanding=True))
             values["models"] = models
         async with self.db.glances() as session:
-            due, expired = (await session.execute(statement, values)).one()
+            due, expired = (await session.execute(_LOOKS[bool(models)], values)).one()
         return bool(due), bool(expired)
 
     async def _pick(self, session: AsyncSession, params: dict[str, Any], models: list[str]) -> list[str]:
