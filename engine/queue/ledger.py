@@ -32,6 +32,7 @@ from sqlalchemy import (
     bindparam,
     column,
     delete,
+    exists,
     func,
     insert,
     or_,
@@ -244,11 +245,17 @@ class Success:
 
 
 async def record_successes(session: AsyncSession, successes: list[Success]) -> list[bool]:
-    """Mark the jobs succeeded, in five statements however many there are (one transaction per job
+    """Mark the jobs succeeded, in four statements however many there are (one transaction per job
     was most of an engine batch's bookkeeping). False for a job whose lease was lost meanwhile."""
     if not successes:
         return []
-    owned = set((await session.execute(select(jobs.c.id).where(or_(*(_open(s) for s in successes))))).scalars())
+    # With each job, whether it already has image rows: only a job drawn again after it recorded some
+    # has them (its files were overwritten, its rows are replaced the same way), so the usual result
+    # needs no delete.
+    has_images = exists().where(images.c.job_id == jobs.c.id)
+    found = (await session.execute(select(jobs.c.id, has_images).where(or_(*(_open(s) for s in successes))))).all()
+    owned = {job_id for job_id, _ in found}
+    redrawn = [job_id for job_id, had_images in found if had_images]
     recorded = [s for s in successes if s.job_id in owned]
     if recorded:
         now = utcnow()
@@ -267,8 +274,8 @@ async def record_successes(session: AsyncSession, successes: list[Success]) -> l
             for s, cost in zip(recorded, costs, strict=True)
         ]
         await session.execute(_RECORD_SUCCESS, outcomes)
-        # A job run twice (a lost lease) overwrote its files; its rows are replaced the same way.
-        await session.execute(_FORGET_IMAGES, {"ids": [s.job_id for s in recorded]})
+        if redrawn:
+            await session.execute(_FORGET_IMAGES, {"ids": redrawn})
         image_rows = [
             {
                 "job_id": s.job_id,

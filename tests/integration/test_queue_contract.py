@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 from sqlalchemy import update
 
 from bot.config import Settings
-from bot.db.models import Job, Usage
+from bot.db.models import Image, Job, Usage
 from engine.config import TINY_MODEL
 from engine.contract import ClaimedJob, GeneratedImage, JobQueue, JobResult, JobStatus, LeaseState, utcnow
 from engine.queue import ledger
@@ -310,6 +310,19 @@ async def test_heartbeats_list_live_engines_and_status_counts_the_queue(backend:
     await engine.worker_stopped("engine-a")
     assert (await backend.bot.status())["workers"] == []
     assert await backend.bot.live_workers(TINY_MODEL) == 0
+
+
+async def test_a_job_drawn_again_replaces_the_image_rows_of_its_earlier_result(backend: Backend) -> None:
+    engine = backend.engine()
+    job_id = await backend.submit()
+    async with backend.db.transaction() as session:  # what an earlier draw of this job left
+        session.add(Image(job_id=job_id, index=0, path="/old/0.png", width=8, height=8, size_bytes=1, sha256="0" * 64))
+    [claimed] = await engine.claim("w")
+    assert await engine.complete(claimed, _result(images=2))
+    job = await backend.row(job_id)
+    assert job.status == JobStatus.SUCCEEDED
+    paths = sorted(image.path for image in job.images)
+    assert paths == sorted(str(ledger.image_path(backend.settings.images_dir, job_id, i)) for i in (0, 1))
 
 
 async def test_a_result_without_images_is_still_recorded(backend: Backend) -> None:
