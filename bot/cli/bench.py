@@ -19,7 +19,7 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> Non
         ("queue", "fair claim and enqueue cost at several queue depths", queue_bench),
         ("sessions", "database sessions: aiosqlite's own connection against the one-trip one", queue_bench),
         ("history", "the delivery pass and the wait estimate against a server's past jobs", bench_history),
-        ("sheet", "the contact sheet of a job's images: zlib level 6 against Atelier's", bench_sheet),
+        ("sheet", "PNG encoding of engine images and the contact sheet, zlib 6 against Atelier's", bench_sheet),
         ("taesd", "TAESD against the full VAE (ms per image, PSNR) and the cost of previews", bench_previews),
         ("edit", "edits through the engine against plain pipeline calls; describe latency", bench_edit),
     )

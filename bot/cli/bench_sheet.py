@@ -1,22 +1,30 @@
-"""`atelier bench sheet`: what the contact sheet of a job's images costs the bot, per zlib level.
+"""`atelier bench sheet`: what PNG encoding costs on a result's path, per zlib level.
 
-A job of several images is delivered as one 2×2 sheet, drawn and PNG-encoded by the bot for every
-delivery. For each side, four smooth pictures of that size (a blurred random field, closer to a
-generated image than noise, which PNG cannot compress) are made into a sheet at zlib level 6 (Pillow's
-default) and at the level Atelier uses, alternating, in one run: ms per sheet and its size in KiB. The
-pixels are the same at every level. Nothing here asserts a speed; the result is JSON.
+Every image an engine makes is encoded as a PNG with its metadata on the compute thread, and a job of
+several images is delivered as one 2×2 sheet, drawn and encoded by the bot for every delivery. For each
+side, four smooth pictures of that size (a blurred random field, closer to a generated image than
+noise, which PNG cannot compress) are encoded one by one as the engine does and made into a sheet as the
+bot does, each at zlib level 6 (Pillow's default) and at the level Atelier uses, alternating, in one run:
+ms per image and per sheet, and their sizes in KiB. The pixels are the same at every level. Nothing here
+asserts a speed; the result is JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import time
+from collections.abc import Callable
 from typing import Any
+
+from PIL import Image
 
 from bot.services.delivery import SHEET_COMPRESS_LEVEL, grid
 from engine.config import ConfigError
+from engine.contract import JobSpec
+from engine.pngmeta import PNG_COMPRESS_LEVEL, png_with_metadata
 from engine.queue.bench import whole_numbers
 from engine.timing import percentile
 
@@ -25,7 +33,7 @@ PLAIN_LEVEL = 6
 
 def add_bench_sheet_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--side", default="512,1024", help="comma-separated image sides in pixels (default 512,1024)")
-    parser.add_argument("--rounds", type=int, default=5, help="timed sheets per level and side (default 5)")
+    parser.add_argument("--rounds", type=int, default=5, help="timed sheets and images per level and side (default 5)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -39,37 +47,77 @@ def run_bench_sheet(args: argparse.Namespace) -> int:
     else:
         for row in report["results"]:
             print(
-                f"{row['side']}²: level {PLAIN_LEVEL} {row['plain_ms']:.1f} ms ({row['plain_kib']} KiB),"
-                f" level {SHEET_COMPRESS_LEVEL} {row['sheet_ms']:.1f} ms ({row['sheet_kib']} KiB)"
+                f"{row['side']}² sheet: level {PLAIN_LEVEL} {row['plain_ms']:.1f} ms ({row['plain_kib']} KiB),"
+                f" level {SHEET_COMPRESS_LEVEL} {row['sheet_ms']:.1f} ms ({row['sheet_kib']} KiB);"
+                f" image: level {PLAIN_LEVEL} {row['image_plain_ms']:.1f} ms ({row['image_plain_kib']} KiB),"
+                f" level {PNG_COMPRESS_LEVEL} {row['image_ms']:.1f} ms ({row['image_kib']} KiB)"
             )
     return 0
 
 
 def _measure(side: int, rounds: int) -> dict[str, Any]:
     pngs = _pictures(side)
-    timings: dict[int, list[float]] = {PLAIN_LEVEL: [], SHEET_COMPRESS_LEVEL: []}
-    sizes: dict[int, int] = {}
-    for _ in range(rounds):
-        for level, taken in timings.items():
-            started = time.perf_counter()
-            sizes[level] = len(grid(pngs, compress_level=level))
-            taken.append(time.perf_counter() - started)
-    plain, sheet = (round(percentile(timings[level], 50) * 1000, 1) for level in (PLAIN_LEVEL, SHEET_COMPRESS_LEVEL))
+    spec = JobSpec(
+        kind="txt2img",
+        member_prompt="a fox in the snow",
+        model_prompt="a fox in the snow, soft light, detailed fur",
+        negative_prompt="blurry",
+        model="stabilityai/sd-turbo",
+        width=side,
+        height=side,
+        steps=1,
+        guidance=0.0,
+        seed=0,
+    )
+    timings: dict[str, list[float]] = {"plain": [], "sheet": [], "image_plain": [], "image": []}
+    sizes: dict[str, int] = {}
+    with contextlib.ExitStack() as stack:
+        pictures = [stack.enter_context(Image.open(io.BytesIO(png))) for png in pngs]
+        for picture in pictures:
+            picture.load()
+        encodings: dict[str, Callable[[], int]] = {
+            "plain": lambda: len(grid(pngs, compress_level=PLAIN_LEVEL)),
+            "sheet": lambda: len(grid(pngs, compress_level=SHEET_COMPRESS_LEVEL)),
+            "image_plain": lambda: _encode_each(pictures, spec, PLAIN_LEVEL),
+            "image": lambda: _encode_each(pictures, spec, PNG_COMPRESS_LEVEL),
+        }
+        for _ in range(rounds):
+            for name, encode in encodings.items():
+                started = time.perf_counter()
+                sizes[name] = encode()
+                timings[name].append(time.perf_counter() - started)
+    # An image's figures are per image: the four are encoded one after another, as an engine does.
+    each = {"plain": 1, "sheet": 1, "image_plain": len(pngs), "image": len(pngs)}
+    ms = {name: round(percentile(taken, 50) * 1000 / each[name], 1) for name, taken in timings.items()}
+    kib = {name: sizes[name] // each[name] // 1024 for name in sizes}
     return {
         "side": side,
         "plain_level": PLAIN_LEVEL,
-        "plain_ms": plain,
-        "plain_kib": sizes[PLAIN_LEVEL] // 1024,
+        "plain_ms": ms["plain"],
+        "plain_kib": kib["plain"],
         "sheet_level": SHEET_COMPRESS_LEVEL,
-        "sheet_ms": sheet,
-        "sheet_kib": sizes[SHEET_COMPRESS_LEVEL] // 1024,
-        "speedup": round(plain / max(sheet, 1e-3), 2),
+        "sheet_ms": ms["sheet"],
+        "sheet_kib": kib["sheet"],
+        "speedup": round(ms["plain"] / max(ms["sheet"], 1e-3), 2),
+        "image_level": PNG_COMPRESS_LEVEL,
+        "image_plain_ms": ms["image_plain"],
+        "image_plain_kib": kib["image_plain"],
+        "image_ms": ms["image"],
+        "image_kib": kib["image"],
+        "image_speedup": round(ms["image_plain"] / max(ms["image"], 1e-3), 2),
     }
+
+
+def _encode_each(pictures: list[Image.Image], spec: JobSpec, level: int) -> int:
+    """Bytes of the pictures encoded one by one with their metadata, as an engine writes them."""
+    return sum(
+        len(png_with_metadata(picture, spec, seed, compress_level=level)) for seed, picture in enumerate(pictures)
+    )
 
 
 def _pictures(side: int) -> list[bytes]:
     import numpy as np
-    from PIL import Image, ImageFilter
+    from PIL import ImageFilter
 
     made = []
     for seed in range(4):

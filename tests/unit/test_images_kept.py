@@ -82,6 +82,26 @@ def test_the_png_parameters_are_in_the_a1111_format_and_atelier_keeps_its_own_ch
     assert text["Software"] == "Atelier"
 
 
+def _zlib_level_flag(png: bytes) -> int:
+    """FLEVEL of the first IDAT chunk's zlib header: 0 for zlib levels 0–1, 2 for level 6."""
+    offset = 8  # past the signature
+    while True:
+        length = int.from_bytes(png[offset : offset + 4], "big")
+        if png[offset + 4 : offset + 8] == b"IDAT":
+            return png[offset + 9] >> 6
+        offset += 12 + length
+
+
+def test_an_engines_png_is_written_at_zlibs_fastest_level_with_the_same_pixels() -> None:
+    picture = Image.fromarray(np.random.default_rng(3).integers(0, 256, (48, 48, 3), dtype=np.uint8))
+    fast = png_with_metadata(picture, _spec(), 7)
+    plain = png_with_metadata(picture, _spec(), 7, compress_level=6)
+    assert (_zlib_level_flag(fast), _zlib_level_flag(plain)) == (0, 2)
+    with Image.open(io.BytesIO(fast)) as a, Image.open(io.BytesIO(plain)) as b:
+        assert np.array_equal(np.asarray(a), np.asarray(b)) and np.array_equal(np.asarray(a), np.asarray(picture))
+        assert a.text == b.text
+
+
 def test_without_a_negative_prompt_a1111_writes_no_negative_line() -> None:
     lines = a1111_parameters(_spec(negative_prompt=""), 1, "MyScheduler").splitlines()
     assert len(lines) == 2 and lines[1].startswith("Steps: 4, Sampler: MyScheduler, CFG scale: 0, Seed: 1,")
