@@ -133,9 +133,11 @@ async def _deliver_one_at_a_time(people: list[Any], services: Any) -> tuple[list
 
     overheads = []
     stages: dict[str, list[float]] = {name: [] for name in STAGES}
-    # The simulator's times are monotonic, the job's wall-clock UTC.
-    wall_minus_monotonic = time.time() - time.monotonic()
     for i, person in enumerate(people):
+        # The simulator's times are monotonic, the job's wall-clock UTC: the offset between the clocks is
+        # taken again for each request, since the wall clock is slewed and drifted by up to 20 ms over a
+        # run when it was taken once.
+        wall_minus_monotonic = time.time() - time.monotonic()
         interaction = await person.slash("imagine", prompt=f"a lighthouse at dusk, study {i}")
         result = await interaction.wait_followup(lambda m: bool(m.attachments), timeout=120)
         posted = interaction.followup_times[interaction.followups.index(result)]
@@ -151,8 +153,8 @@ async def _deliver_one_at_a_time(people: list[Any], services: Any) -> tuple[list
         gpu_seconds = float(job.gpu_seconds or 0.0)
         overheads.append(posted - interaction.dispatched_at - gpu_seconds)
 
-        def at(moment: datetime) -> float:
-            return moment.replace(tzinfo=UTC).timestamp() - wall_minus_monotonic
+        def at(moment: datetime, offset: float = wall_minus_monotonic) -> float:
+            return moment.replace(tzinfo=UTC).timestamp() - offset
 
         stages["to_queued"].append(at(job.created_at) - interaction.dispatched_at)
         stages["to_claimed"].append(at(job.started_at) - at(job.created_at))
