@@ -203,7 +203,7 @@ class DeliveryService:
         write lock nor waits for an engine's; then one write transaction of two statements, the claim
         returning the jobs' rows and a read of their images, in Core rather than the ORM: the pass that
         finds a result is on the member's path to their image, and building ORM objects there cost
-        more than the statements (`atelier bench sessions`)."""
+        more than running the statements."""
         glance, claim, images = self._claim_statements(limit)
         now = utcnow()
         async with self.db.glances() as session:
