@@ -289,20 +289,30 @@ def review_rendering(rendering: str, original: str) -> str | None:
     return None
 
 
+def _most_that_fit(high: int, fits: Callable[[int], bool]) -> int:
+    """The largest n in 0..high with fits(n), by halving: fits(0) holds, and once false it stays false
+    (a prompt's tokens only grow as words are added). A try is a tokenizer call."""
+    low = 0  # invariant: fits(low), and not fits(n) for any n above high
+    while low < high:
+        middle = (low + high + 1) // 2
+        if fits(middle):
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
 def cut_to_window(text: str, count_tokens: Callable[[str], int], window: int) -> str:
     """The longest prefix of `text`, cut between words (between characters for CJK), that fits."""
     text = text.strip()
     if count_tokens(text) <= window:
         return text
     units = _UNIT.findall(text)
-    low, high = 0, len(units)  # invariant: units[:low] fits, units[:high + 1] does not
-    while low < high:
-        middle = (low + high + 1) // 2
-        if count_tokens("".join(units[:middle]).rstrip(" ,;")) <= window:
-            low = middle
-        else:
-            high = middle - 1
-    return "".join(units[:low]).rstrip(" ,;")
+
+    def prefix(taken: int) -> str:
+        return "".join(units[:taken]).rstrip(" ,;")
+
+    return prefix(_most_that_fit(len(units), lambda taken: count_tokens(prefix(taken)) <= window))
 
 
 def fit_to_window(
@@ -312,24 +322,17 @@ def fit_to_window(
 
     Each try is a tokenizer call on every request's path, and a preset adds eight or more details:
     all of them usually fit, so that is tried first, and otherwise the longest prefix that fits is
-    found by halving, as cut_to_window does (a prompt's tokens only grow as words are added)."""
+    found by halving, as cut_to_window does."""
     text = cut_to_window(front, count_tokens, window)
 
     def joined(taken: int) -> str:
         return ", ".join([text, *details[:taken]] if text else details[:taken])
 
-    low, high = 0, len(details)  # invariant: details[:low] fit, details[:high + 1] do not
-    if count_tokens(joined(high)) > window:
-        high -= 1
-        while low < high:
-            middle = (low + high + 1) // 2
-            if count_tokens(joined(middle)) <= window:
-                low = middle
-            else:
-                high = middle - 1
-    else:
-        low = high
-    return joined(low), details[:low]
+    def fits(taken: int) -> bool:
+        return count_tokens(joined(taken)) <= window
+
+    taken = len(details) if fits(len(details)) else _most_that_fit(len(details) - 1, fits)
+    return joined(taken), details[:taken]
 
 
 def approximate_tokens(text: str) -> int:
