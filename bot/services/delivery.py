@@ -171,7 +171,7 @@ class DeliveryService:
 
     def _ready(self, limit: int) -> Select[tuple[Job]]:
         """Ended jobs from Discord that have not been posted yet and whose back-off is over, oldest first.
-        The moment is a bind parameter, ``now``: the statement is built once, and each pass runs it."""
+        The moment is a bind parameter, ``now``, so that claim_ready can build its statements once."""
         return (
             select(Job)
             .where(
